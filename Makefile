@@ -1,0 +1,35 @@
+# Two commands set up everything on a fresh clone: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.graphcap-installed
+
+.PHONY: venv op test lint demo bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# Builds the C++ custom ops once into the build cache (see graphcap/ops/_loader.py).
+op: $(STAMP)
+	$(PY) -m graphcap.ops.build
+
+test: op
+	$(PY) -m pytest -q -p no:cacheprovider
+
+lint: $(STAMP)
+	$(PY) -m ruff check graphcap tests benchmarks
+
+demo: op
+	$(PY) -m graphcap demo --json benchmarks/results/demo.json
+
+bench: op
+	$(PY) -m pip install -q -e '.[test,bench]'
+	$(PY) benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) .graphcap_build build *.egg-info
