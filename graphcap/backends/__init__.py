@@ -1,0 +1,69 @@
+"""Backends: one small interface over three ways of turning a step into a graph.
+
+A backend's ``capture(run, label)`` takes a zero-argument callable that reads
+the static input buffers and writes the static output buffers (closures
+only: no arguments, no return value that matters) and returns a ``Graph``
+whose ``replay()`` repeats that work on whatever the buffers hold then.
+``reset()`` releases everything the backend captured.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from graphcap.errors import ConfigError
+
+
+class Graph(Protocol):
+    """A replayable capture of one bucket."""
+
+    def replay(self) -> None:
+        """Run the captured work again on the current buffer contents."""
+
+    def reset(self) -> None:
+        """Release the capture; the graph must not be replayed afterwards."""
+
+
+class Backend(Protocol):
+    """Turns a closure over static buffers into a ``Graph``."""
+
+    name: str
+
+    def prepare(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """The form of ``fn`` that ``run`` should call inside a capture (identity but for ``static``)."""
+
+    def capture(self, run: Callable[[], None], label: str) -> Graph:
+        """Capture ``run`` (which may execute once while doing so) and return its graph."""
+
+    def reset(self) -> None:
+        """Release every graph this backend captured and any shared memory pool."""
+
+
+def device_graphs_supported() -> bool:
+    """True where Paddle was built with CUDA (or XPU) graph support and a device is present."""
+    try:
+        from paddle.device.cuda.graphs import is_cuda_graph_supported
+    except ImportError:
+        return False
+    try:
+        return bool(is_cuda_graph_supported())
+    except Exception:
+        return False
+
+
+def make_backend(name: str) -> Backend:
+    """The backend called ``name`` (``eager``, ``static`` or ``device``)."""
+    if name == "eager":
+        from graphcap.backends.eager import EagerBackend
+
+        return EagerBackend()
+    if name == "static":
+        from graphcap.backends.static import StaticBackend
+
+        return StaticBackend()
+    if name == "device":
+        from graphcap.backends.device import DeviceBackend
+
+        return DeviceBackend()
+    raise ConfigError(f"'backend' must be one of eager, static, device (got {name!r})")

@@ -1,0 +1,42 @@
+"""The reference backend: replay re-runs the Python function on the static buffers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+
+
+@attrs.define
+class EagerGraph:
+    """A 'graph' that is just the closure, run again on every replay."""
+
+    run: Callable[[], None] | None
+
+    def replay(self) -> None:
+        """Run the closure on the current buffer contents."""
+        if self.run is None:
+            raise RuntimeError("this eager graph was reset; the registry recaptures before replaying")
+        self.run()
+
+    def reset(self) -> None:
+        """Forget the closure."""
+        self.run = None
+
+
+class EagerBackend:
+    """Capture runs nothing; replay re-executes Python. Results define what 'correct' means."""
+
+    name = "eager"
+
+    def prepare(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """Python runs as written: ``fn`` itself."""
+        return fn
+
+    def capture(self, run: Callable[[], None], label: str) -> EagerGraph:
+        """Keep ``run`` for replay; nothing executes now."""
+        return EagerGraph(run)
+
+    def reset(self) -> None:
+        """Nothing is held beyond the graphs themselves."""

@@ -1,0 +1,247 @@
+"""``StaticBuffers``: named tensors allocated once whose addresses never change.
+
+A captured graph reads and writes the addresses it saw at capture, so every
+tensor a graph touches must stay where it was. Three rules follow, and this
+module enforces them:
+
+* Writes go in place (``buf[:n] = x``). ``copy_`` / ``assign(output=)`` with a
+  different-shaped source silently reshape, and may reallocate, the
+  destination; they are never used here.
+* Rows past the real count are filled by the buffer's padding rule on every
+  write, so padding rows never carry a previous step's data.
+* Rebinding a name (``bufs.x = t``, ``bufs["x"] = t``) raises
+  ``AddressStabilityError``: the graph would keep reading the old tensor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import attrs
+import numpy as np
+import paddle
+
+from graphcap.errors import AddressStabilityError, StaticBufferError
+
+PAD_RULES = ("zero", "value", "copy_row0", "keep")
+
+
+@attrs.frozen(kw_only=True)
+class BufferSpec:
+    """Shape, dtype and padding rule of one static buffer; dim 0 counts rows."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    pad: str = "zero"
+    pad_value: float | int = 0
+
+    @property
+    def capacity(self) -> int:
+        """Rows the buffer holds."""
+        return self.shape[0]
+
+
+def dtype_name(dtype: Any) -> str:
+    """``paddle.int32`` / ``np.int32`` / ``"int32"`` -> ``"int32"``."""
+    text = str(dtype)
+    return text.rsplit(".", 1)[-1]
+
+
+class StaticBuffers:
+    """Named static buffers with in-place, padded, checked writes.
+
+    Lifetime: a buffer lives as long as this object; its address is fixed at
+    ``declare`` and every graph captured over it may read it until the owning
+    registry is reset. Read a buffer as ``bufs.name`` or ``bufs["name"]``;
+    write it only with ``write`` (or in place, ``bufs.name[:n] = x``).
+    """
+
+    def __init__(self, owner: str = "buffers") -> None:
+        """Create an empty set; ``owner`` appears in error messages."""
+        object.__setattr__(self, "_owner", owner)
+        object.__setattr__(self, "_tensors", {})
+        object.__setattr__(self, "_specs", {})
+        # name -> (tensor, spec, paddle dtype, trailing shape): what write() needs, looked up once.
+        object.__setattr__(self, "_slots", {})
+
+    # Declaration ---------------------------------------------------------
+    def declare(
+        self,
+        name: str,
+        shape: Sequence[int],
+        dtype: str | Any,
+        *,
+        pad: str = "zero",
+        pad_value: float | int = 0,
+    ) -> paddle.Tensor:
+        """Allocate buffer ``name`` once, filled with its padding, and return it.
+
+        ``pad`` is the padding rule for rows past the real count on each write:
+        ``zero``, ``value`` (the sentinel ``pad_value``, e.g. -1 for
+        ``batch_id_per_token_output``), ``copy_row0`` or ``keep``. Declaring
+        an existing name with the same spec returns the existing tensor;
+        with another spec it raises ``StaticBufferError``.
+        """
+        if pad not in PAD_RULES:
+            raise StaticBufferError(f"buffer {name!r}: pad={pad!r} is not one of {PAD_RULES}")
+        shape = tuple(int(dim) for dim in shape)
+        if not shape or min(shape) < 1:
+            raise StaticBufferError(f"buffer {name!r}: shape {shape} must have rank >= 1 and positive dims")
+        spec = BufferSpec(name=name, shape=shape, dtype=dtype_name(dtype), pad=pad, pad_value=pad_value)
+        existing = self._specs.get(name)
+        if existing is not None:
+            if existing != spec:
+                raise StaticBufferError(
+                    f"buffer {name!r} is already declared as {existing}; it cannot be redeclared as {spec}"
+                )
+            return self._tensors[name]
+        fill = pad_value if pad == "value" else 0
+        tensor = paddle.full(shape, fill, dtype=spec.dtype)
+        self._specs[name] = spec
+        self._tensors[name] = tensor
+        self._slots[name] = (tensor, spec, tensor.dtype, list(shape[1:]), shape[0])
+        return tensor
+
+    # Writes --------------------------------------------------------------
+    def write(
+        self, name: str, value: paddle.Tensor | np.ndarray | Sequence[Any], *, rows: int | None = None
+    ) -> None:
+        """Copy ``value`` into rows ``[:n]`` of buffer ``name`` in place and pad the rest.
+
+        Read the result as ``bufs.name[:n]`` (a view at the buffer's address;
+        nothing is returned, since building a view costs microseconds on the
+        replay path). When
+        ``value`` already is that view (same ``data_ptr``) the copy is
+        skipped; the padding rule still runs. Raises ``StaticBufferError`` for
+        the wrong dtype, trailing shape, more rows than the capacity, or a row
+        count other than ``rows`` when given.
+        """
+        slot = self._slots.get(name)
+        if slot is None:
+            self._buffer(name)  # raises, naming the known buffers
+        buf, spec, dtype, trailing, capacity = slot  # type: ignore[misc]
+        if not isinstance(value, paddle.Tensor):
+            value = paddle.to_tensor(np.asarray(value))
+        shape = value.shape
+        # `is` first: paddle dtypes are singletons and `==` costs a microsecond.
+        if (value.dtype is not dtype and value.dtype != dtype) or shape[1:] != trailing or not shape:
+            self._reject(spec, value, shape)
+        count = shape[0]
+        if count > capacity or (rows is not None and count != rows):
+            too_many = count > capacity
+            raise StaticBufferError(
+                f"buffer {name!r} takes {f'{capacity} rows' if too_many else f'exactly {rows} rows (the batch)'} "
+                f"but the write has {count}; "
+                + ("declare it with a larger capacity" if too_many else "give every batched input the batch's rows")
+            )
+        if count and value.data_ptr() != buf.data_ptr():
+            buf[:count] = value
+        if count < capacity and spec.pad != "keep":
+            self._pad(buf, spec, count)
+
+    @staticmethod
+    def _reject(spec: BufferSpec, value: paddle.Tensor, shape: list[int]) -> None:
+        if dtype_name(value.dtype) != spec.dtype:
+            raise StaticBufferError(
+                f"buffer {spec.name!r} holds {spec.dtype} but the write is {dtype_name(value.dtype)}; "
+                f"cast it first (x.astype('{spec.dtype}'))"
+            )
+        trailing = ", ".join(map(str, spec.shape[1:]))
+        raise StaticBufferError(
+            f"buffer {spec.name!r} has rows of shape {list(spec.shape[1:])} but the write has shape "
+            f"{list(shape)}; reshape it to [n{', ' + trailing if trailing else ''}]"
+        )
+
+    def pad_rows(self, name: str, rows: int) -> None:
+        """Apply buffer ``name``'s padding rule to rows ``[rows:]``."""
+        self._pad(self._buffer(name), self._specs[name], rows)
+
+    @staticmethod
+    def _pad(buf: paddle.Tensor, spec: BufferSpec, rows: int) -> None:
+        if rows >= spec.capacity or spec.pad == "keep":
+            return
+        # Padding rows are rewritten on every staging, so they never hold a
+        # previous step's data (a stale -1 or a stale token id).
+        if spec.pad == "zero":
+            buf[rows:] = 0
+        elif spec.pad == "value":
+            buf[rows:] = spec.pad_value
+        elif rows > 0:  # copy_row0: padding rows repeat row 0, a valid input
+            buf[rows:] = buf[0:1]
+        else:
+            buf[:] = 0
+
+    # Reads ---------------------------------------------------------------
+    def _buffer(self, name: str) -> paddle.Tensor:
+        try:
+            return self._tensors[name]
+        except KeyError:
+            raise StaticBufferError(
+                f"{self._owner} has no buffer {name!r}; declare it first (known: {sorted(self._tensors)})"
+            ) from None
+
+    def __getattr__(self, name: str) -> paddle.Tensor:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        try:
+            return self._tensors[name]
+        except KeyError:
+            raise AttributeError(f"{self._owner} has no buffer {name!r}") from None
+
+    def __getitem__(self, name: str) -> paddle.Tensor:
+        return self._buffer(name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._tensors
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._tensors)
+
+    def __len__(self) -> int:
+        return len(self._tensors)
+
+    def spec(self, name: str) -> BufferSpec:
+        """The declared spec of buffer ``name``."""
+        self._buffer(name)
+        return self._specs[name]
+
+    def tensors(self) -> dict[str, paddle.Tensor]:
+        """A copy of the name -> tensor mapping (the tensors themselves, not copies)."""
+        return dict(self._tensors)
+
+    def addresses(self) -> dict[str, int]:
+        """name -> ``data_ptr()`` of every buffer."""
+        return {name: tensor.data_ptr() for name, tensor in self._tensors.items()}
+
+    # Rebinding is the bug class graphcap exists for -----------------------
+    def _refuse(self, name: str) -> None:
+        raise AddressStabilityError(
+            f"{self._owner}.{name} is a static buffer; rebinding it would leave captured graphs reading "
+            f"the old tensor. Write in place instead: {self._owner}.write({name!r}, value) or "
+            f"buf[:n] = value"
+        )
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        self._refuse(name)
+
+    def __setitem__(self, name: str, value: Any) -> None:
+        self._refuse(name)
+
+    def __delattr__(self, name: str) -> None:
+        self._refuse(name)
+
+    def __delitem__(self, name: str) -> None:
+        self._refuse(name)
+
+    def _unsafe_rebind(self, name: str, tensor: paddle.Tensor) -> None:
+        """Rebind ``name`` behind the guard. Exists only to demonstrate the stale-buffer bug in tests."""
+        self._buffer(name)
+        self._tensors[name] = tensor
+        spec = self._specs[name]
+        self._slots[name] = (tensor, spec, tensor.dtype, list(spec.shape[1:]), spec.capacity)
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{n}{list(s.shape)}:{s.dtype}" for n, s in self._specs.items())
+        return f"StaticBuffers({self._owner}: {inner})"

@@ -1,0 +1,218 @@
+"""``GraphConfig``: the one flag that turns graph mode on, and everything around it.
+
+Capture sizes count *rows* of the graphed function's batch argument. Without
+speculation a row is a request; with ``num_speculative_tokens = k`` a verify
+batch of n requests has n·(1+k) rows, so the default list (FastDeploy's, over
+requests) is multiplied by 1+k, as FastDeploy and vLLM do.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from graphcap.errors import ConfigError
+
+BACKENDS = ("auto", "eager", "static", "device")
+ON_UNSAFE_CAPTURE = ("raise", "eager")
+DEFAULT_MAX_CAPTURE_SIZE = 512
+
+
+def _check_choice(allowed: tuple[str, ...]) -> Any:
+    def check(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
+        if value not in allowed:
+            raise ConfigError(f"'{attribute.name}' must be one of {', '.join(allowed)} (got {value!r})")
+
+    return check
+
+
+def _check_int(minimum: int) -> Any:
+    def check(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ConfigError(f"'{attribute.name}' must be an integer >= {minimum} (got {value!r})")
+
+    return check
+
+
+def _check_bool(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ConfigError(f"'{attribute.name}' must be True or False (got {value!r})")
+
+
+def _convert_sizes(value: Any) -> Any:
+    if value is None or value == "auto":
+        return value
+    if isinstance(value, str):
+        try:
+            value = [int(part) for part in value.replace(" ", "").split(",") if part]
+        except ValueError:
+            raise ConfigError(
+                f"'capture_sizes' must be a comma-separated list of positive integers or 'auto' (got {value!r})"
+            ) from None
+    try:
+        sizes = tuple(value)
+    except TypeError:
+        raise ConfigError(
+            f"'capture_sizes' must be a sequence of positive integers, 'auto' or None (got {value!r})"
+        ) from None
+    for size in sizes:
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ConfigError(f"'capture_sizes' must hold positive integers (got {size!r} in {value!r})")
+    if not sizes:
+        raise ConfigError("'capture_sizes' must not be empty; leave it None for the default list")
+    return tuple(sorted(set(sizes)))
+
+
+def _convert_trace(value: Any) -> Any:
+    if value is None or isinstance(value, (str, os.PathLike)):
+        return value
+    return tuple(value)
+
+
+@attrs.frozen(kw_only=True)
+class GraphConfig:
+    """How graphcap captures and replays graphs. Change it with ``attrs.evolve``.
+
+    Fields:
+        use_graph: the flag. False means every decorated function runs unchanged.
+        backend: ``auto`` (``device`` where ``is_cuda_graph_supported()``, else
+            ``static``), ``eager`` (the reference: replay re-runs Python),
+            ``static`` (CPU graph through ``paddle.jit.to_static``), ``device``
+            (CUDA / XPU graph).
+        capture_sizes: explicit capture sizes in rows, ``"auto"`` to plan them
+            from ``trace`` under ``max_graphs``, or None for the default list:
+            FastDeploy's 1, 2, 4, 8..128 step 8, 144..256 step 16, 288..1024 step
+            32 and the maximum, capped at ``max_capture_size`` requests, times 1+k.
+        max_capture_size: the largest batch, in requests, of the default list.
+        num_speculative_tokens: k, the MTP draft tokens per step (0 = none).
+        draft_use_graph: graphs for the draft steps, independently of the target's.
+        num_warmups: eager runs before each capture (default 2).
+        debug_checks: compare the addresses of static buffers and static
+            arguments on every replay (cheap; on by default).
+        on_unsafe_capture: ``raise`` a ``CaptureSafetyError`` (default) or run
+            that graph eagerly and log it once.
+        trace: batch sizes (a sequence or a file) for ``capture_sizes="auto"``.
+        max_graphs: graph budget per graph name for ``capture_sizes="auto"``.
+    """
+
+    use_graph: bool = attrs.field(default=False, validator=_check_bool)
+    backend: str = attrs.field(default="auto", validator=_check_choice(BACKENDS))
+    capture_sizes: tuple[int, ...] | str | None = attrs.field(default=None, converter=_convert_sizes)
+    max_capture_size: int = attrs.field(default=DEFAULT_MAX_CAPTURE_SIZE, validator=_check_int(1))
+    num_speculative_tokens: int = attrs.field(default=0, validator=_check_int(0))
+    draft_use_graph: bool = attrs.field(default=True, validator=_check_bool)
+    num_warmups: int = attrs.field(default=2, validator=_check_int(0))
+    debug_checks: bool = attrs.field(default=True, validator=_check_bool)
+    on_unsafe_capture: str = attrs.field(default="raise", validator=_check_choice(ON_UNSAFE_CAPTURE))
+    trace: tuple[int, ...] | str | os.PathLike | None = attrs.field(default=None, converter=_convert_trace)
+    max_graphs: int = attrs.field(default=16, validator=_check_int(1))
+
+    def __attrs_post_init__(self) -> None:
+        if self.capture_sizes == "auto" and self.trace is None:
+            raise ConfigError(
+                "'capture_sizes' is 'auto' but 'trace' is None; give a trace of batch sizes or explicit sizes"
+            )
+
+    @property
+    def rows_per_request(self) -> int:
+        """Rows a decoding request occupies in a verify step: 1 + k."""
+        return 1 + self.num_speculative_tokens
+
+    def resolved_backend(self) -> str:
+        """The backend ``auto`` stands for on this machine."""
+        if self.backend != "auto":
+            return self.backend
+        from graphcap.backends import device_graphs_supported
+
+        return "device" if device_graphs_supported() else "static"
+
+    def sizes_for(self, rows_per_request: int | None = None) -> tuple[int, ...]:
+        """Capture sizes in rows for a graph whose requests occupy ``rows_per_request`` rows.
+
+        ``None`` means 1+k (the target verify step). Explicit sizes are rows for
+        the target step and are rescaled for other row counts per request.
+        """
+        from graphcap import buckets
+
+        rpr = self.rows_per_request if rows_per_request is None else rows_per_request
+        if self.capture_sizes is None:
+            return buckets.default_capture_sizes(self.max_capture_size, multiplier=rpr)
+        if self.capture_sizes == "auto":
+            from graphcap import planner
+
+            trace = self.trace
+            rows = planner.load_trace(trace) if isinstance(trace, (str, os.PathLike)) else list(trace)
+            target = planner.plan_capture_sizes(
+                rows, self.max_graphs, multiple_of=self.rows_per_request
+            )
+            return _rescale(target, self.rows_per_request, rpr)
+        return _rescale(self.capture_sizes, self.rows_per_request, rpr)
+
+    @property
+    def target_capture_sizes(self) -> tuple[int, ...]:
+        """Capture sizes in rows for the target verify step."""
+        return self.sizes_for(None)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> GraphConfig:
+        """Build a config from a mapping; unknown keys raise ``ConfigError`` naming them."""
+        known = {field.name for field in attrs.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown GraphConfig field(s) {unknown}; allowed: {sorted(known)}")
+        return cls(**dict(values))
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> GraphConfig:
+        """Build a config from ``GRAPHCAP_*`` environment variables.
+
+        ``GRAPHCAP_USE_GRAPH=1``, ``GRAPHCAP_BACKEND=static``,
+        ``GRAPHCAP_CAPTURE_SIZES=1,2,4``, ``GRAPHCAP_MAX_CAPTURE_SIZE``,
+        ``GRAPHCAP_NUM_SPECULATIVE_TOKENS``, ``GRAPHCAP_DRAFT_USE_GRAPH``,
+        ``GRAPHCAP_NUM_WARMUPS``, ``GRAPHCAP_DEBUG_CHECKS``,
+        ``GRAPHCAP_ON_UNSAFE_CAPTURE``. Keyword overrides win.
+        """
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for field in attrs.fields(cls):
+            raw = env.get("GRAPHCAP_" + field.name.upper())
+            if raw is None or field.name == "trace":
+                continue
+            values[field.name] = _parse_env(field.name, raw)
+        values.update(overrides)
+        return cls.from_dict(values)
+
+    def to_json(self) -> str:
+        """The config as JSON (for result files)."""
+        return json.dumps(attrs.asdict(self), default=str)
+
+
+def _rescale(sizes: tuple[int, ...] | str | None, from_rpr: int, to_rpr: int) -> tuple[int, ...]:
+    assert isinstance(sizes, tuple)
+    if from_rpr == to_rpr:
+        return sizes
+    requests = sorted({-(-size // from_rpr) for size in sizes})
+    return tuple(n * to_rpr for n in requests)
+
+
+_BOOL_WORDS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
+
+
+def _parse_env(name: str, raw: str) -> Any:
+    field = attrs.fields_dict(GraphConfig)[name]
+    default = field.default
+    if isinstance(default, bool):
+        word = raw.strip().lower()
+        if word not in _BOOL_WORDS:
+            raise ConfigError(f"GRAPHCAP_{name.upper()} must be 1/0/true/false (got {raw!r})")
+        return _BOOL_WORDS[word]
+    if isinstance(default, int):
+        try:
+            return int(raw)
+        except ValueError:
+            raise ConfigError(f"GRAPHCAP_{name.upper()} must be an integer (got {raw!r})") from None
+    return raw.strip()
