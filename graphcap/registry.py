@@ -28,7 +28,7 @@ import gc
 import inspect
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -37,7 +37,7 @@ import paddle
 from graphcap import guard
 from graphcap.backends import Backend, Graph, make_backend
 from graphcap.buckets import BucketMap, PaddingStats
-from graphcap.buffers import StaticBuffers
+from graphcap.buffers import StaticBuffers, dtype_name
 from graphcap.config import GraphConfig
 from graphcap.errors import AddressStabilityError, CaptureError, CaptureSafetyError, GraphCapError
 
@@ -64,6 +64,8 @@ class CallPlan:
     batched: tuple[str, ...]
     static: tuple[str, ...]
     extras: tuple[str, ...]
+    # (argument, buffers, buffer name): where each batched argument is staged.
+    sources: tuple[tuple[str, StaticBuffers, str], ...]
 
 
 @attrs.define(eq=False)
@@ -126,6 +128,7 @@ class GraphedFunction:
         static_args: Sequence[str],
         capture_sizes: Sequence[int],
         enabled: bool,
+        padding: Mapping[str, Any] | None = None,
     ) -> None:
         """Use ``CaptureRegistry.graphed``; this constructor is not public API."""
         self.registry = registry
@@ -134,6 +137,7 @@ class GraphedFunction:
         functools.update_wrapper(self, fn)
         self.batch_arg = batch_arg
         self.static_args = frozenset(static_args)
+        self.padding_rules = {name: _padding_rule(name, rule) for name, rule in (padding or {}).items()}
         self.buckets = BucketMap(capture_sizes)
         self.enabled = enabled
         self.padding = PaddingStats()
@@ -169,9 +173,8 @@ class GraphedFunction:
             entry = self._entries.get((plan.names, bucket, tuple([bound[name] for name in plan.extras])))
         except TypeError:
             raise CaptureError(self._unhashable(bound, plan)) from None
-        write = self.staging.write
-        for name in plan.batched:
-            write(name, bound[name], rows=rows)
+        for name, buffers, buffer_name in plan.sources:
+            buffers.write(buffer_name, bound[name], rows=rows)
         if entry is None:
             entry = self._capture(plan, bound, bucket)
         if entry.failed:
@@ -208,6 +211,7 @@ class GraphedFunction:
         batched: list[str] = []
         static: list[str] = []
         extras: list[str] = []
+        sources: list[tuple[str, StaticBuffers, str]] = []
         owned = self.registry._buffer_ids
         for name, value in bound.items():
             if isinstance(value, paddle.Tensor):
@@ -215,19 +219,46 @@ class GraphedFunction:
                     name not in self.static_args and id(value) not in owned and value.shape[:1] == [rows]
                 ):
                     batched.append(name)
-                    if name not in self.staging:
-                        # Allocated once at the largest bucket; every bucket's graph reads a
-                        # prefix view of this same tensor, so one address serves them all.
-                        shape = (self.buckets.largest, *value.shape[1:])
-                        self.staging.declare(name, shape, value.dtype, pad="zero")
+                    sources.append(self._source(name, value))
                 else:
                     static.append(name)
             else:
                 extras.append(name)
-        plan = CallPlan(names=tuple(bound), batched=tuple(batched), static=tuple(static), extras=tuple(extras))
+        plan = CallPlan(
+            names=tuple(bound), batched=tuple(batched), static=tuple(static), extras=tuple(extras),
+            sources=tuple(sources),
+        )
         self._unhashable(bound, plan, check=True)
         self._plans[plan.names] = plan
         return plan
+
+    def _source(self, name: str, value: paddle.Tensor) -> tuple[str, StaticBuffers, str]:
+        """Where batched argument ``name`` is staged.
+
+        A prefix view of a registry buffer big enough for the largest bucket
+        is adopted: the graph reads that buffer directly, so passing the view
+        again costs no copy (zero-copy path) and the buffer's own padding rule
+        applies. Anything else gets a staging buffer of its own, allocated
+        once at the largest bucket; every bucket's graph reads a prefix view
+        of it, so one address serves them all.
+        """
+        registry_buffers = self.registry.buffers
+        largest = self.buckets.largest
+        pointer = value.data_ptr()
+        for buffer_name, tensor in registry_buffers.tensors().items():
+            spec = registry_buffers.spec(buffer_name)
+            if (
+                tensor.data_ptr() == pointer
+                and spec.capacity >= largest
+                and list(spec.shape[1:]) == list(value.shape[1:])
+                and spec.dtype == dtype_name(value.dtype)
+            ):
+                return name, registry_buffers, buffer_name
+        if name not in self.staging:
+            pad, pad_value = self.padding_rules.get(name, ("zero", 0))
+            shape = (largest, *value.shape[1:])
+            self.staging.declare(name, shape, value.dtype, pad=pad, pad_value=pad_value)
+        return name, self.staging, name
 
     def _unhashable(self, bound: dict[str, Any], plan: CallPlan, check: bool = False) -> str:
         for name in plan.extras:
@@ -274,7 +305,7 @@ class GraphedFunction:
         entry = GraphEntry(key=key)
         entry_key = (plan.names, bucket, extras)
         self._entries[entry_key] = entry
-        views = {name: self.staging[name] for name in key.batched}
+        views = {name: buffers[buffer_name] for name, buffers, buffer_name in plan.sources}
         fixed = dict(key.extras)
         fixed.update(static)
         fn = self.__wrapped__
@@ -370,8 +401,8 @@ class GraphedFunction:
             extras = tuple(dummy[name] for name in plan.extras)
             if (plan.names, bucket, extras) in self._entries:
                 continue
-            for name in plan.batched:
-                self.staging.write(name, dummy[name], rows=bucket)
+            for name, buffers, buffer_name in plan.sources:
+                buffers.write(buffer_name, dummy[name], rows=bucket)
             entry = self._capture(plan, dummy, bucket)
             captured += not entry.failed
             if self.registry._progress is not None:
@@ -389,6 +420,17 @@ class GraphedFunction:
     def graphs(self) -> int:
         """Live captured graphs of this function."""
         return sum(1 for entry in self._entries.values() if not entry.failed)
+
+
+def _padding_rule(name: str, rule: Any) -> tuple[str, float | int]:
+    """``"zero"`` / ``"copy_row0"`` / ``"keep"`` / a number -> (pad rule, pad value)."""
+    if isinstance(rule, str) and rule in ("zero", "copy_row0", "keep"):
+        return rule, 0
+    if isinstance(rule, (int, float)) and not isinstance(rule, bool):
+        return "value", rule
+    raise CaptureError(
+        f"padding[{name!r}]={rule!r} is not a padding rule; use 'zero', 'copy_row0', 'keep' or a number"
+    )
 
 
 def _resize_rows(value: paddle.Tensor, rows: int) -> paddle.Tensor:
@@ -465,6 +507,7 @@ class CaptureRegistry:
         capture_sizes: Sequence[int] | None = None,
         rows_per_request: int | None = None,
         enabled: bool | None = None,
+        padding: Mapping[str, Any] | None = None,
     ) -> Callable[[Callable[..., Any]], GraphedFunction | Callable[..., Any]]:
         """Decorator: run the function through graphs, one per bucket of ``batch_arg``'s rows.
 
@@ -483,6 +526,10 @@ class CaptureRegistry:
         ``capture_sizes`` overrides the config's sizes for this graph;
         ``rows_per_request`` rescales them (the draft step has fewer rows per
         request than the verify step). ``enabled=None`` follows ``use_graph``.
+        ``padding`` gives a batched argument's padding rule for rows past the
+        real count: ``"zero"`` (default), ``"copy_row0"``, ``"keep"``, or a
+        number (a sentinel such as -1 for slot ids). Staging applies it on
+        every call, so padding rows never carry a previous step's data.
         With ``use_graph=False`` the original function runs unchanged.
         """
 
@@ -499,7 +546,7 @@ class CaptureRegistry:
             sizes = capture_sizes if capture_sizes is not None else self.config.sizes_for(rows_per_request)
             graphed_fn = GraphedFunction(
                 self, name, fn, batch_arg=batch_arg, static_args=static_args, capture_sizes=sizes,
-                enabled=True if enabled is None else enabled,
+                enabled=True if enabled is None else enabled, padding=padding,
             )
             self._functions[name] = graphed_fn
             return graphed_fn

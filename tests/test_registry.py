@@ -264,3 +264,43 @@ def test_draft_switch_runs_the_original():
     graphed.enabled = True
     np.testing.assert_array_equal(graphed(x=paddle.ones([2, 2])).numpy(), 0.0)
     assert reg.stats()["captures"] == 1
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_views_of_registry_buffers_are_adopted_without_a_copy(backend):
+    reg = registry(backend)
+    ids = reg.buffers.declare("input_ids", [8], "int64", pad="value", pad_value=-1)
+
+    @reg.graphed("t", batch_arg="ids")
+    def fwd(*, ids):
+        return ids * 2, ids.sum()
+
+    reg.buffers.write("input_ids", paddle.to_tensor([1, 2, 3], dtype="int64"))
+    doubled, total = fwd(ids=reg.buffers.input_ids[:3])
+    assert doubled.numpy().tolist() == [2, 4, 6]
+    assert int(total) == 1 + 2 + 3 - 1  # the padding row of bucket 4 holds the buffer's sentinel
+    assert "ids" not in fwd.staging  # no staging copy exists
+    assert ids.numpy().tolist() == [1, 2, 3, -1, -1, -1, -1, -1]
+    # A tensor from elsewhere is copied into the adopted buffer, padding re-applied.
+    doubled, total = fwd(ids=paddle.to_tensor([5, 5], dtype="int64"))
+    assert doubled.numpy().tolist() == [10, 10] and int(total) == 10
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_staging_padding_rules_fill_rows_past_the_batch(backend):
+    reg = registry(backend)
+
+    @reg.graphed("t", batch_arg="x", padding={"slot": -1})
+    def fwd(*, x, slot):
+        return x + 1, slot.sum(), x.sum()
+
+    fwd(x=paddle.full([4], 7.0), slot=paddle.to_tensor([3, 3, 3, 3], dtype="int32"))  # fills bucket 4
+    _, slot_total, x_total = fwd(x=paddle.ones([3]), slot=paddle.to_tensor([0, 1, 2], dtype="int32"))
+    assert int(slot_total) == 0 + 1 + 2 - 1
+    assert float(x_total) == 3.0  # zero padding, not the previous step's 7.0
+
+
+def test_bad_padding_rule_names_the_argument():
+    reg = registry("eager")
+    with pytest.raises(graphcap.CaptureError, match=r"padding\['x'\]"):
+        reg.graphed("t", batch_arg="x", padding={"x": "nan"})(lambda x: x)
