@@ -34,3 +34,10 @@ class CaptureSafetyError(GraphCapError):
 
 class OpBuildError(GraphCapError, RuntimeError):
     """A C++ custom op could not be built or loaded."""
+
+
+class OpInputError(StaticBufferError):
+    """A custom op was given a malformed input (wrong dtype, rank, batch size or lengths).
+
+    A ``StaticBufferError`` too: the op's inputs and outputs are static buffers.
+    """

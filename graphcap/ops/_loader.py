@@ -1,0 +1,185 @@
+"""Build-once loader of graphcap's C++ custom ops.
+
+The ops in ``csrc/`` are compiled with the machine's C++ compiler against
+Paddle's headers (``paddle.utils.cpp_extension.load``) into a cache directory:
+``$GRAPHCAP_BUILD_DIR`` if set, else ``<repo>/.graphcap_build``. The build
+directory name carries a hash of the sources, the Paddle version, the Python
+version and whether CUDA sources are included, so unchanged sources are never
+rebuilt: a later process imports the cached ``.so`` directly (about 0.1 s).
+``make op`` (``python -m graphcap.ops.build``) builds ahead of time; the first
+``load_ops()`` in a process builds only when the cached library is missing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import logging
+import os
+import shutil
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+from graphcap.errors import OpBuildError
+
+log = logging.getLogger(__name__)
+
+EXTENSION_NAME = "graphcap_ops"
+_REPO_ROOT = Path(__file__).resolve().parents[2]
+CSRC_DIR = _REPO_ROOT / "csrc"
+_CXX_SOURCES = ("build_sampling_params.cc",)
+_CUDA_SOURCES = ("build_sampling_params.cu",)
+_HEADERS = ("build_sampling_params.h",)
+
+# Reentrant: load_ops() holds it while build() stores the module it compiled.
+_LOCK = threading.RLock()
+_MODULE: ModuleType | None = None
+
+
+def build_root() -> Path:
+    """The cache directory that holds every build: ``$GRAPHCAP_BUILD_DIR`` or ``<repo>/.graphcap_build``."""
+    env = os.environ.get("GRAPHCAP_BUILD_DIR")
+    return Path(env).expanduser().resolve() if env else _REPO_ROOT / ".graphcap_build"
+
+
+def _with_cuda() -> bool:
+    import paddle
+
+    return bool(paddle.is_compiled_with_cuda())
+
+
+def _sources(with_cuda: bool) -> list[Path]:
+    names = _CXX_SOURCES + (_CUDA_SOURCES if with_cuda else ())
+    return [CSRC_DIR / name for name in names]
+
+
+def source_hash(with_cuda: bool | None = None) -> str:
+    """Hash of everything the built library depends on: sources, headers, Paddle and Python versions."""
+    import paddle
+
+    cuda = _with_cuda() if with_cuda is None else with_cuda
+    digest = hashlib.sha256()
+    for path in _sources(cuda) + [CSRC_DIR / name for name in _HEADERS]:
+        if not path.exists():
+            raise OpBuildError(f"op source {path} is missing; restore csrc/ from the repository")
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    digest.update(f"paddle={paddle.__version__} python={sys.version_info[:2]} cuda={cuda}".encode())
+    return digest.hexdigest()[:16]
+
+
+def build_dir(with_cuda: bool | None = None) -> Path:
+    """Where the library for the current sources lives (created on build)."""
+    return build_root() / f"{EXTENSION_NAME}_{source_hash(with_cuda)}"
+
+
+def library_path(with_cuda: bool | None = None) -> Path:
+    """Path of the built shared library for the current sources (may not exist yet)."""
+    return build_dir(with_cuda) / EXTENSION_NAME / f"{EXTENSION_NAME}.so"
+
+
+def _find_compiler() -> str:
+    candidates = [os.environ.get("CXX", ""), "c++", "g++", "clang++"]
+    for name in candidates:
+        if name and shutil.which(name.split()[0]):
+            return name
+    raise OpBuildError(
+        "no C++ compiler found (tried $CXX, c++, g++, clang++); install g++ "
+        "(e.g. `apt-get install g++`) or set CXX, then run `make op`"
+    )
+
+
+def _remove_stale_builds(*, keep: Path) -> None:
+    # Builds of older sources are never loaded again (the hash moved on); a
+    # process that still has one mapped keeps working after the unlink.
+    for old in build_root().glob(f"{EXTENSION_NAME}_*"):
+        if old.is_dir() and old != keep:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    # Two processes (pytest workers, make -j) may race to build the same
+    # hash; the lock makes the second one wait and then reuse the first's .so.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def build(*, force: bool = False, verbose: bool = False) -> tuple[Path, float]:
+    """Compile the ops unless the library for the current sources exists.
+
+    Returns ``(library path, seconds spent compiling)``; seconds is 0.0 when
+    the cached library was reused. Raises ``OpBuildError`` when no compiler is
+    found or compilation fails.
+    """
+    global _MODULE
+    with_cuda = _with_cuda()
+    target = library_path(with_cuda)
+    directory = build_dir(with_cuda)
+    with _file_lock(build_root() / f".{EXTENSION_NAME}.lock"):
+        if target.exists() and not force:
+            return target, 0.0
+        _find_compiler()
+        from paddle.utils import cpp_extension
+
+        _remove_stale_builds(keep=directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        try:
+            # load() compiles and also registers the ops in this process; keep
+            # its module so load_ops() does not register them a second time.
+            module = cpp_extension.load(
+                name=EXTENSION_NAME,
+                sources=[str(p) for p in _sources(with_cuda)],
+                extra_cxx_cflags=["-O2", f"-I{CSRC_DIR}"],
+                extra_cuda_cflags=["-O2", f"-I{CSRC_DIR}"],
+                build_directory=str(directory),
+                verbose=verbose,
+            )
+        except Exception as exc:  # compiler errors surface as RuntimeError / OSError
+            raise OpBuildError(
+                f"building {EXTENSION_NAME} from {CSRC_DIR} failed ({exc}); "
+                "rerun `python -m graphcap.ops.build --verbose` to see the compiler output"
+            ) from exc
+        seconds = time.perf_counter() - started
+        if not target.exists():
+            raise OpBuildError(
+                f"the build finished but {target} is missing; remove {directory} and rerun `make op`"
+            )
+        log.info("built %s in %.1f s into %s", EXTENSION_NAME, seconds, directory)
+        with _LOCK:
+            if _MODULE is None:
+                _MODULE = module
+        return target, seconds
+
+
+def load_ops() -> ModuleType:
+    """The module of compiled ops, loaded once per process (building first if the cache is empty)."""
+    global _MODULE
+    with _LOCK:
+        if _MODULE is not None:
+            return _MODULE
+        target, _ = build()
+        if _MODULE is not None:  # build() just compiled and registered it
+            return _MODULE
+        from paddle.utils.cpp_extension import extension_utils
+
+        try:
+            # Imports the cached .so and registers its ops; no compiler runs.
+            module = extension_utils._import_module_from_library(EXTENSION_NAME, str(target.parent))
+        except Exception as exc:
+            raise OpBuildError(
+                f"loading {target} failed ({exc}); remove {target.parent.parent} and rerun `make op`"
+            ) from exc
+        _MODULE = module
+        return module
