@@ -17,6 +17,7 @@ from graphcap.errors import (
     OpBuildError,
     StaticBufferError,
 )
+from graphcap.guard import allow_host_reads, capture_guard
 from graphcap.registry import CaptureRegistry, GraphedFunction
 
 __all__ = [
@@ -31,6 +32,8 @@ __all__ = [
     "OpBuildError",
     "StaticBufferError",
     "StaticBuffers",
+    "allow_host_reads",
+    "capture_guard",
     "graphed",
 ]
 

@@ -63,9 +63,7 @@ PAD_SEED = 0
 # and emit static ops; AST conversion would only break them (it re-creates the
 # function and loses module globals used as keyword defaults).
 
-# No error class for "an op input is malformed" exists yet in graphcap.errors;
-# OpInputError (a StaticBufferError: a ValueError about dtype / shape / row count) is the
-# closest. Swap this alias when a dedicated class lands.
+# Malformed inputs raise OpInputError (a StaticBufferError), naming the input.
 _InputError = OpInputError
 
 
