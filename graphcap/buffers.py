@@ -104,6 +104,22 @@ class StaticBuffers:
         self._slots[name] = (tensor, spec, tensor.dtype, list(shape[1:]), shape[0])
         return tensor
 
+    def adopt(self, name: str, tensor: paddle.Tensor, *, pad: str = "keep", pad_value: float | int = 0) -> None:
+        """Register an existing tensor (e.g. a model's KV cache) as static buffer ``name``.
+
+        From then on its address is recorded at capture and compared on
+        replay like any declared buffer, and rebinding the name raises.
+        """
+        if name in self._specs:
+            raise StaticBufferError(f"buffer {name!r} already exists in {self._owner}; adopt it under another name")
+        if pad not in PAD_RULES:
+            raise StaticBufferError(f"buffer {name!r}: pad={pad!r} is not one of {PAD_RULES}")
+        shape = tuple(tensor.shape)
+        spec = BufferSpec(name=name, shape=shape, dtype=dtype_name(tensor.dtype), pad=pad, pad_value=pad_value)
+        self._specs[name] = spec
+        self._tensors[name] = tensor
+        self._slots[name] = (tensor, spec, tensor.dtype, list(shape[1:]), shape[0])
+
     # Writes --------------------------------------------------------------
     def write(
         self, name: str, value: paddle.Tensor | np.ndarray | Sequence[Any], *, rows: int | None = None

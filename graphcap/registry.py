@@ -60,12 +60,22 @@ class GraphKey:
 class CallPlan:
     """How one call shape's arguments are treated: staged, checked, or keyed."""
 
-    names: tuple[str, ...]
+    names: tuple[str, ...]  # sorted: the plan's identity in graph keys
     batched: tuple[str, ...]
     static: tuple[str, ...]
     extras: tuple[str, ...]
     # (argument, buffers, buffer name): where each batched argument is staged.
     sources: tuple[tuple[str, StaticBuffers, str], ...]
+
+    # Identity in graph keys: the argument names and where each batched one is
+    # staged. A graph reads the buffers it was captured over, so a call that
+    # stages an argument elsewhere (a registry-buffer view one time, a fresh
+    # tensor the next) must not replay it.
+    key: tuple[Any, ...] = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        where = tuple((name, id(buffers), buffer) for name, buffers, buffer in self.sources)
+        object.__setattr__(self, "key", (self.names, where))
 
 
 @attrs.define(eq=False)
@@ -170,7 +180,7 @@ class GraphedFunction:
             self.registry._counts["eager_fallbacks"] += 1
             return fn(**bound)
         try:
-            entry = self._entries.get((plan.names, bucket, tuple([bound[name] for name in plan.extras])))
+            entry = self._entries.get((plan.key, bucket, tuple([bound[name] for name in plan.extras])))
         except TypeError:
             raise CaptureError(self._unhashable(bound, plan)) from None
         for name, buffers, buffer_name in plan.sources:
@@ -213,7 +223,8 @@ class GraphedFunction:
         extras: list[str] = []
         sources: list[tuple[str, StaticBuffers, str]] = []
         owned = self.registry._buffer_ids
-        for name, value in bound.items():
+        # Sorted, so that the same arguments passed in another order share a plan key and graphs.
+        for name, value in sorted(bound.items()):
             if isinstance(value, paddle.Tensor):
                 if name == self.batch_arg or (
                     name not in self.static_args and id(value) not in owned and value.shape[:1] == [rows]
@@ -225,11 +236,11 @@ class GraphedFunction:
             else:
                 extras.append(name)
         plan = CallPlan(
-            names=tuple(bound), batched=tuple(batched), static=tuple(static), extras=tuple(extras),
+            names=tuple(sorted(bound)), batched=tuple(batched), static=tuple(static), extras=tuple(extras),
             sources=tuple(sources),
         )
         self._unhashable(bound, plan, check=True)
-        self._plans[plan.names] = plan
+        self._plans[tuple(bound)] = plan
         return plan
 
     def _source(self, name: str, value: paddle.Tensor) -> tuple[str, StaticBuffers, str]:
@@ -303,7 +314,7 @@ class GraphedFunction:
         key = GraphKey(self.name, bucket, plan.batched, tuple(zip(plan.extras, extras)))
         static = {name: bound[name] for name in plan.static}
         entry = GraphEntry(key=key)
-        entry_key = (plan.names, bucket, extras)
+        entry_key = (plan.key, bucket, extras)
         self._entries[entry_key] = entry
         views = {name: buffers[buffer_name] for name, buffers, buffer_name in plan.sources}
         fixed = dict(key.extras)
@@ -378,33 +389,38 @@ class GraphedFunction:
             exc_info=exc_info,
         )
 
-    def capture_all(self, **example: Any) -> int:
+    def capture_all(self, example: Mapping[str, Any] | Callable[[int], Mapping[str, Any]] | None = None) -> int:
         """Capture every bucket of this function, largest first; returns how many were captured.
 
-        ``example`` holds arguments for one call (any batch size): batched inputs
-        are staged as dummy rows (tiled or cut to each bucket), static tensors and
-        extras are used as given. Without ``example`` the last call's arguments
-        are used. Buckets captured already are skipped.
+        ``example`` is either one call's arguments (any batch size: batched
+        inputs are tiled or cut to each bucket as dummy rows; static tensors
+        and extras are used as given) or a callable ``rows -> arguments`` that
+        builds a consistent dummy batch of exactly ``rows`` rows (and may
+        write the registry buffers that batch needs, e.g.
+        ``cu_seqlens_q_output``). Without ``example`` the last call's
+        arguments are used. Buckets captured already are skipped.
         """
-        call = example or self._last_call
-        if not call:
+        if example is None:
+            example = self._last_call
+        if not example:
             raise CaptureError(
                 f"{self.name}: capture_all needs example arguments or one earlier call to learn input shapes"
             )
-        bound = dict(call)
-        plan = self._plans.get(tuple(bound)) or self._plan(bound)
         captured = 0
         for bucket in sorted(self.buckets.sizes, reverse=True):
-            dummy = dict(bound)
-            for name in plan.batched:
-                dummy[name] = _resize_rows(bound[name], bucket)
+            if callable(example):
+                dummy = dict(example(bucket))
+                plan = self._plans.get(tuple(dummy)) or self._plan(dummy)
+            else:
+                dummy = dict(example)
+                plan = self._plans.get(tuple(dummy)) or self._plan(dummy)
+                for name in plan.batched:
+                    dummy[name] = _resize_rows(example[name], bucket)
             extras = tuple(dummy[name] for name in plan.extras)
-            if (plan.names, bucket, extras) in self._entries:
-                continue
-            for name, buffers, buffer_name in plan.sources:
-                buffers.write(buffer_name, dummy[name], rows=bucket)
-            entry = self._capture(plan, dummy, bucket)
-            captured += not entry.failed
+            if (plan.key, bucket, extras) not in self._entries:
+                for name, buffers, buffer_name in plan.sources:
+                    buffers.write(buffer_name, dummy[name], rows=bucket)
+                captured += not self._capture(plan, dummy, bucket).failed
             if self.registry._progress is not None:
                 self.registry._progress.update(1)
         return captured
@@ -557,11 +573,17 @@ class CaptureRegistry:
         """graph name -> graphed function."""
         return dict(self._functions)
 
-    def capture_all(self, examples: dict[str, dict[str, Any]] | None = None, *, freeze_gc: bool = True) -> int:
+    def capture_all(
+        self,
+        examples: Mapping[str, Mapping[str, Any] | Callable[[int], Mapping[str, Any]]] | None = None,
+        *,
+        freeze_gc: bool = True,
+    ) -> int:
         """Capture every bucket of every graphed function, largest first, with a progress bar.
 
-        ``examples`` maps graph names to one call's arguments; functions without
-        one reuse their last call. The Python garbage collector is frozen for
+        ``examples`` maps graph names to one call's arguments or to a callable
+        ``rows -> arguments`` (see ``GraphedFunction.capture_all``); functions
+        without one reuse their last call. The Python garbage collector is frozen for
         the sweep (start-up capture spends much of its time in collections).
         Logs one summary line; returns the number of graphs captured.
         """
@@ -581,7 +603,7 @@ class CaptureRegistry:
                 self._progress = bar
                 for name, graphed_fn in self._functions.items():
                     if graphed_fn.enabled:
-                        captured += graphed_fn.capture_all(**examples.get(name, {}))
+                        captured += graphed_fn.capture_all(examples.get(name))
         finally:
             self._progress = None
             if freeze_gc:
