@@ -25,6 +25,7 @@ import paddle
 from graphcap.errors import AddressStabilityError, StaticBufferError
 
 PAD_RULES = ("zero", "value", "copy_row0", "keep")
+_data_ptr = paddle.Tensor.data_ptr
 
 
 @attrs.frozen(kw_only=True)
@@ -65,6 +66,9 @@ class StaticBuffers:
         object.__setattr__(self, "_specs", {})
         # name -> (tensor, spec, paddle dtype, trailing shape): what write() needs, looked up once.
         object.__setattr__(self, "_slots", {})
+        # Bumped whenever the name -> tensor mapping changes, so a replay can
+        # tell in O(1) that nothing was rebound since capture.
+        object.__setattr__(self, "_generation", 0)
 
     # Declaration ---------------------------------------------------------
     def declare(
@@ -102,6 +106,7 @@ class StaticBuffers:
         self._specs[name] = spec
         self._tensors[name] = tensor
         self._slots[name] = (tensor, spec, tensor.dtype, list(shape[1:]), shape[0])
+        self._bump()
         return tensor
 
     def adopt(self, name: str, tensor: paddle.Tensor, *, pad: str = "keep", pad_value: float | int = 0) -> None:
@@ -119,6 +124,7 @@ class StaticBuffers:
         self._specs[name] = spec
         self._tensors[name] = tensor
         self._slots[name] = (tensor, spec, tensor.dtype, list(shape[1:]), shape[0])
+        self._bump()
 
     # Writes --------------------------------------------------------------
     def write(
@@ -231,6 +237,10 @@ class StaticBuffers:
         """name -> ``data_ptr()`` of every buffer."""
         return {name: tensor.data_ptr() for name, tensor in self._tensors.items()}
 
+    def data_ptrs(self) -> tuple[int, ...]:
+        """``data_ptr()`` of every buffer in declaration order, in one pass (the replay check)."""
+        return tuple(map(_data_ptr, self._tensors.values()))
+
     # Rebinding is the bug class graphcap exists for -----------------------
     def _refuse(self, name: str) -> None:
         raise AddressStabilityError(
@@ -257,6 +267,15 @@ class StaticBuffers:
         self._tensors[name] = tensor
         spec = self._specs[name]
         self._slots[name] = (tensor, spec, tensor.dtype, list(spec.shape[1:]), spec.capacity)
+        self._bump()
+
+    def _bump(self) -> None:
+        object.__setattr__(self, "_generation", self._generation + 1)
+
+    @property
+    def generation(self) -> int:
+        """Changes whenever a name is added or rebound; equal generations mean the same tensors."""
+        return self._generation
 
     def __repr__(self) -> str:
         inner = ", ".join(f"{n}{list(s.shape)}:{s.dtype}" for n, s in self._specs.items())

@@ -91,8 +91,10 @@ class GraphConfig:
         num_speculative_tokens: k, the MTP draft tokens per step (0 = none).
         draft_use_graph: graphs for the draft steps, independently of the target's.
         num_warmups: eager runs before each capture (default 2).
-        debug_checks: compare the addresses of static buffers and static
-            arguments on every replay (cheap; on by default).
+        debug_checks: check on replay that static arguments and registry
+            buffers are where they were at capture (on by default): identity
+            and rebinding every replay, the full ``data_ptr`` comparison every
+            ``address_check_interval``-th replay (1 = every replay).
         on_unsafe_capture: ``raise`` a ``CaptureSafetyError`` (default) or run
             that graph eagerly and log it once.
         trace: batch sizes (a sequence or a file) for ``capture_sizes="auto"``.
@@ -107,6 +109,7 @@ class GraphConfig:
     draft_use_graph: bool = attrs.field(default=True, validator=_check_bool)
     num_warmups: int = attrs.field(default=2, validator=_check_int(0))
     debug_checks: bool = attrs.field(default=True, validator=_check_bool)
+    address_check_interval: int = attrs.field(default=4, validator=_check_int(1))
     on_unsafe_capture: str = attrs.field(default="raise", validator=_check_choice(ON_UNSAFE_CAPTURE))
     trace: tuple[int, ...] | str | os.PathLike | None = attrs.field(default=None, converter=_convert_trace)
     max_graphs: int = attrs.field(default=16, validator=_check_int(1))

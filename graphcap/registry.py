@@ -87,9 +87,11 @@ class GraphEntry:
     outputs: list[paddle.Tensor] = attrs.Factory(list)
     sliced: tuple[bool, ...] = ()
     structure: Any = None
-    static_names: tuple[str, ...] = ()
+    static_items: tuple[tuple[str, paddle.Tensor], ...] = ()
     static_ptrs: tuple[int, ...] = ()
-    buffer_ptrs: tuple[int, ...] = ()
+    buffer_ptrs: dict[str, int] = attrs.Factory(dict)
+    buffer_ptr_values: tuple[int, ...] = ()
+    buffer_generation: int = -1
     failed: bool = False
     replays: int = 0
 
@@ -286,9 +288,29 @@ class GraphedFunction:
         return f"{self.name}: an argument is not hashable"
 
     def _check_addresses(self, entry: GraphEntry, bound: dict[str, Any]) -> None:
-        now = tuple([bound[name].data_ptr() for name in entry.static_names])
+        """Raise ``AddressStabilityError`` if anything the graph reads has moved since capture.
+
+        Every replay: identity of the static arguments and the registry
+        buffers' generation (bumped by any rebinding), both O(1) per item.
+        Every ``address_check_interval``-th replay, and whenever those differ:
+        the full ``data_ptr()`` comparison, which also catches a tensor whose
+        storage was reallocated in place (a reshaping ``copy_``).
+        """
+        full = entry.replays % self.registry.config.address_check_interval == 0
+        if not full:
+            for name, tensor in entry.static_items:
+                if bound[name] is not tensor:
+                    full = True
+                    break
+            else:
+                full = self.registry.buffers.generation != entry.buffer_generation
+        if full:
+            self._compare_addresses(entry, bound)
+
+    def _compare_addresses(self, entry: GraphEntry, bound: dict[str, Any]) -> None:
+        now = tuple([bound[name].data_ptr() for name, _ in entry.static_items])
         if now != entry.static_ptrs:
-            for name, before, after in zip(entry.static_names, entry.static_ptrs, now):
+            for (name, _), before, after in zip(entry.static_items, entry.static_ptrs, now):
                 if before != after:
                     raise AddressStabilityError(
                         f"{self.name}[bucket {entry.key.bucket}]: static argument {name!r} is at "
@@ -296,15 +318,19 @@ class GraphedFunction:
                         f"every call (update it in place), or let graphcap stage it as a batched input"
                     )
         buffers = self.registry.buffers
-        if self.registry._buffer_ptrs() != entry.buffer_ptrs:
-            recorded = dict(zip(buffers, entry.buffer_ptrs))
-            for name, tensor in buffers.tensors().items():
-                if recorded.get(name, tensor.data_ptr()) != tensor.data_ptr():
+        if buffers.data_ptrs() != entry.buffer_ptr_values:
+            for name, before in entry.buffer_ptrs.items():
+                after = buffers[name].data_ptr()
+                if after != before:
                     raise AddressStabilityError(
                         f"{self.name}[bucket {entry.key.bucket}]: registry buffer {name!r} moved from "
-                        f"{recorded[name]:#x} to {tensor.data_ptr():#x} since capture; write it in place "
+                        f"{before:#x} to {after:#x} since capture; write it in place "
                         f"(buffers.write({name!r}, value) or buf[:n] = value), never rebind or reshape it"
                     )
+            # Only additions (buffers declared after capture) differ: record them too.
+            entry.buffer_ptrs = buffers.addresses()
+            entry.buffer_ptr_values = tuple(entry.buffer_ptrs.values())
+        entry.buffer_generation = buffers.generation
 
     # Capture -----------------------------------------------------------------
     def _capture(self, plan: CallPlan, bound: dict[str, Any], bucket: int) -> GraphEntry:
@@ -371,9 +397,11 @@ class GraphedFunction:
         except Exception:
             self._fail(entry, "capture raised", exc_info=True)
             return entry
-        entry.static_names = tuple(static)
+        entry.static_items = tuple(static.items())
         entry.static_ptrs = tuple(tensor.data_ptr() for tensor in static.values())
-        entry.buffer_ptrs = registry._buffer_ptrs()
+        entry.buffer_ptrs = registry.buffers.addresses()
+        entry.buffer_ptr_values = tuple(entry.buffer_ptrs.values())
+        entry.buffer_generation = registry.buffers.generation
         elapsed = time.perf_counter() - started
         registry._counts["captures"] += 1
         registry._capture_seconds += elapsed
@@ -510,9 +538,6 @@ class CaptureRegistry:
             self._buffer_ids_cache = frozenset(id(tensor) for tensor in self.buffers.tensors().values())
             self._buffer_ids_count = len(self.buffers)
         return self._buffer_ids_cache
-
-    def _buffer_ptrs(self) -> tuple[int, ...]:
-        return tuple(tensor.data_ptr() for tensor in self.buffers.tensors().values())
 
     def graphed(
         self,
