@@ -5,10 +5,16 @@ One flag (``GraphConfig(use_graph=True)``) turns graph mode on; a
 address-stable static buffers, captures one graph per bucket and replays it.
 """
 
-from graphcap.buffers import StaticBuffers
-from graphcap.config import GraphConfig
-from graphcap.decorator import graphed
-from graphcap.errors import (
+import warnings
+
+# Paddle warns at import that ccache is missing, which only matters when
+# compiling custom ops (graphcap builds its op once, in `make op`).
+warnings.filterwarnings("ignore", message="No ccache found", category=UserWarning)
+
+from graphcap.buffers import StaticBuffers  # noqa: E402
+from graphcap.config import GraphConfig  # noqa: E402
+from graphcap.decorator import graphed  # noqa: E402
+from graphcap.errors import (  # noqa: E402
     AddressStabilityError,
     CaptureError,
     CaptureSafetyError,
@@ -17,8 +23,8 @@ from graphcap.errors import (
     OpBuildError,
     StaticBufferError,
 )
-from graphcap.guard import allow_host_reads, capture_guard
-from graphcap.registry import CaptureRegistry, GraphedFunction
+from graphcap.guard import allow_host_reads, capture_guard  # noqa: E402
+from graphcap.registry import CaptureRegistry, GraphedFunction  # noqa: E402
 
 __all__ = [
     "AddressStabilityError",

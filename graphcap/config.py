@@ -97,7 +97,8 @@ class GraphConfig:
             ``address_check_interval``-th replay (1 = every replay).
         on_unsafe_capture: ``raise`` a ``CaptureSafetyError`` (default) or run
             that graph eagerly and log it once.
-        trace: batch sizes (a sequence or a file) for ``capture_sizes="auto"``.
+        trace: batch sizes in requests per step (a sequence or a file) for
+            ``capture_sizes="auto"``; the exact planner picks the sizes.
         max_graphs: graph budget per graph name for ``capture_sizes="auto"``.
     """
 
@@ -148,10 +149,9 @@ class GraphConfig:
             from graphcap import planner
 
             trace = self.trace
-            rows = planner.load_trace(trace) if isinstance(trace, (str, os.PathLike)) else list(trace)
-            target = planner.plan_capture_sizes(
-                rows, self.max_graphs, multiple_of=self.rows_per_request
-            )
+            requests = planner.load_trace(trace) if isinstance(trace, (str, os.PathLike)) else list(trace)
+            rows = [n * self.rows_per_request for n in requests]
+            target = planner.plan_capture_sizes(rows, self.max_graphs, multiple_of=self.rows_per_request)
             return _rescale(target, self.rows_per_request, rpr)
         return _rescale(self.capture_sizes, self.rows_per_request, rpr)
 

@@ -141,6 +141,7 @@ class GraphedFunction:
         capture_sizes: Sequence[int],
         enabled: bool,
         padding: Mapping[str, Any] | None = None,
+        rows_per_request: int = 1,
     ) -> None:
         """Use ``CaptureRegistry.graphed``; this constructor is not public API."""
         self.registry = registry
@@ -149,6 +150,7 @@ class GraphedFunction:
         functools.update_wrapper(self, fn)
         self.batch_arg = batch_arg
         self.static_args = frozenset(static_args)
+        self.rows_per_request = rows_per_request
         self.padding_rules = {name: _padding_rule(name, rule) for name, rule in (padding or {}).items()}
         self.buckets = BucketMap(capture_sizes)
         self.enabled = enabled
@@ -588,6 +590,7 @@ class CaptureRegistry:
             graphed_fn = GraphedFunction(
                 self, name, fn, batch_arg=batch_arg, static_args=static_args, capture_sizes=sizes,
                 enabled=True if enabled is None else enabled, padding=padding,
+                rows_per_request=self.config.rows_per_request if rows_per_request is None else rows_per_request,
             )
             self._functions[name] = graphed_fn
             return graphed_fn
@@ -640,6 +643,26 @@ class CaptureRegistry:
             captured, self.backend.name, time.perf_counter() - started,
         )
         return captured
+
+    def plan(self, trace: Sequence[int] | None = None) -> Any:
+        """The capture plan of this registry's graphed functions (``graphcap.plan.CapturePlan``).
+
+        Lists each graph's buckets, flags sizes that are not multiples of its
+        rows per request, and with ``trace`` (request counts per step) gives
+        the padding waste to expect. After a run, ``stats()["per_graph"]``
+        holds the real vs padded rows that were actually seen.
+        """
+        from graphcap.plan import CapturePlan, plan_graphs
+
+        functions = self._functions.values()
+        graphs, warnings = plan_graphs(
+            {fn.name: fn.buckets.sizes for fn in functions},
+            num_speculative_tokens=self.config.num_speculative_tokens,
+            rows_per_request={fn.name: fn.rows_per_request for fn in functions},
+            trace=trace,
+        )
+        return CapturePlan(graphs=graphs, num_speculative_tokens=self.config.num_speculative_tokens,
+                           warnings=warnings)
 
     def reset(self) -> None:
         """Drop every graph (for weight reloads); the next call of each bucket recaptures.
