@@ -25,7 +25,7 @@ lint: $(STAMP)
 	$(PY) -m ruff check graphcap tests benchmarks
 
 demo: op
-	$(PY) -m graphcap demo --json benchmarks/results/demo.json
+	GLOG_minloglevel=2 $(PY) -m graphcap demo --json benchmarks/results/demo.json
 
 bench: op
 	$(PY) -m pip install -q -e '.[test,bench]'
