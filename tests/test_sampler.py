@@ -196,3 +196,34 @@ def test_speculative_path_under_to_static_matches_eager():
         got = program(logits, **static_batch).numpy()
         np.testing.assert_array_equal(got, want)
         np.testing.assert_array_equal(seed.numpy(), eager_batch["infer_seed"].numpy())
+
+
+@pytest.mark.parametrize("backend", ["eager", "static"])
+def test_plain_path_runs_under_graph_capture_and_matches_eager(backend):
+    """The plain (non-speculative) path inside a graphed function: same tokens and seeds as eager."""
+    from graphcap import CaptureRegistry, GraphConfig
+
+    def make(use_graph: bool):
+        reg = CaptureRegistry(GraphConfig(use_graph=use_graph, backend=backend, capture_sizes=(4,)))
+        reg.buffers.declare("infer_seed", [4], "int64", pad="keep")
+        reg.buffers.declare("top_p", [4], "float32", pad="keep")
+        reg.buffers.declare("top_k", [4], "int64", pad="keep")
+        reg.buffers.write("infer_seed", paddle.to_tensor([11, 22, 33, 44], dtype="int64"))
+        reg.buffers.write("top_p", paddle.to_tensor([0.9, 0.5, 1.0, 0.7], dtype="float32"))
+        reg.buffers.write("top_k", paddle.to_tensor([0, 3, 5, 0], dtype="int64"))
+
+        @reg.graphed("plain", batch_arg="logits")
+        def step(*, logits):
+            bufs = reg.buffers
+            return sample_plain(logits, top_p=bufs.top_p, top_k=bufs.top_k, infer_seed=bufs.infer_seed)
+
+        return reg, step
+
+    reg_on, step_on = make(True)
+    reg_off, step_off = make(False)
+    for index in range(4):
+        logits = paddle.randn([4, 32])
+        np.testing.assert_array_equal(step_on(logits=logits).numpy(), step_off(logits=logits).numpy(), str(index))
+    assert reg_on.stats()["replays"] == 4 and reg_on.stats()["captures"] == 1
+    assert reg_on.buffers.infer_seed.numpy().tolist() == reg_off.buffers.infer_seed.numpy().tolist()
+    assert reg_on.buffers.infer_seed.numpy().tolist() == [11 + 16, 22 + 16, 33 + 16, 44 + 16]
