@@ -108,7 +108,7 @@ def bench(rounds: int, inner: int, rows: int = 6, bucket: int = 8) -> dict[str, 
 def address_check_cost(rounds: int, inner: int, buffers: int = 32) -> dict[str, float]:
     """µs per replay spent in the address check with ``buffers`` registry buffers, by check interval."""
     results = {}
-    for interval in (1, 4):
+    for interval in (1, 8):
         reg = CaptureRegistry(GraphConfig(use_graph=True, backend="eager", capture_sizes=(4,),
                                           address_check_interval=interval))
         for index in range(buffers):

@@ -158,6 +158,11 @@ class StaticBuffers:
                 f"but the write has {count}; "
                 + ("declare it with a larger capacity" if too_many else "give every batched input the batch's rows")
             )
+        if buf.shape[0] != capacity:
+            raise AddressStabilityError(
+                f"buffer {name!r} now has shape {list(buf.shape)} but was declared {list(spec.shape)}: a copy_ or "
+                f"assign from a different-shaped tensor reshaped it in place; write it only with write()"
+            )
         if count and value.data_ptr() != buf.data_ptr():
             buf[:count] = value
         if count < capacity and spec.pad != "keep":
@@ -236,6 +241,10 @@ class StaticBuffers:
     def addresses(self) -> dict[str, int]:
         """name -> ``data_ptr()`` of every buffer."""
         return {name: tensor.data_ptr() for name, tensor in self._tensors.items()}
+
+    def shapes(self) -> list[list[int]]:
+        """Current shape of every buffer in declaration order (the replay check compares them)."""
+        return [tensor.shape for tensor in self._tensors.values()]
 
     def data_ptrs(self) -> tuple[int, ...]:
         """``data_ptr()`` of every buffer in declaration order, in one pass (the replay check)."""

@@ -93,8 +93,10 @@ class GraphConfig:
         num_warmups: eager runs before each capture (default 2).
         debug_checks: check on replay that static arguments and registry
             buffers are where they were at capture (on by default): identity
-            and rebinding every replay, the full ``data_ptr`` comparison every
-            ``address_check_interval``-th replay (1 = every replay).
+            and rebinding every replay; the full comparison of ``data_ptr``
+            and shape every ``address_check_interval``-th replay (default 8,
+            1 = every replay), which also catches in-place reallocation and
+            reshaping by a different-shaped ``copy_``.
         on_unsafe_capture: ``raise`` a ``CaptureSafetyError`` (default) or run
             that graph eagerly and log it once.
         trace: batch sizes in requests per step (a sequence or a file) for
@@ -110,7 +112,7 @@ class GraphConfig:
     draft_use_graph: bool = attrs.field(default=True, validator=_check_bool)
     num_warmups: int = attrs.field(default=2, validator=_check_int(0))
     debug_checks: bool = attrs.field(default=True, validator=_check_bool)
-    address_check_interval: int = attrs.field(default=4, validator=_check_int(1))
+    address_check_interval: int = attrs.field(default=8, validator=_check_int(1))
     on_unsafe_capture: str = attrs.field(default="raise", validator=_check_choice(ON_UNSAFE_CAPTURE))
     trace: tuple[int, ...] | str | os.PathLike | None = attrs.field(default=None, converter=_convert_trace)
     max_graphs: int = attrs.field(default=16, validator=_check_int(1))

@@ -91,6 +91,8 @@ class GraphEntry:
     static_ptrs: tuple[int, ...] = ()
     buffer_ptrs: dict[str, int] = attrs.Factory(dict)
     buffer_ptr_values: tuple[int, ...] = ()
+    buffer_shapes: list[list[int]] = attrs.Factory(list)
+    static_shapes: list[list[int]] = attrs.Factory(list)
     buffer_generation: int = -1
     failed: bool = False
     replays: int = 0
@@ -332,6 +334,26 @@ class GraphedFunction:
             # Only additions (buffers declared after capture) differ: record them too.
             entry.buffer_ptrs = buffers.addresses()
             entry.buffer_ptr_values = tuple(entry.buffer_ptrs.values())
+        # A copy_/assign from a smaller tensor reshapes a buffer in place at the
+        # same address; a device graph would go on reading the captured extent.
+        shapes = buffers.shapes()
+        if shapes[: len(entry.buffer_shapes)] != entry.buffer_shapes:
+            for name, before, after in zip(entry.buffer_ptrs, entry.buffer_shapes, shapes):
+                if before != after:
+                    raise AddressStabilityError(
+                        f"{self.name}[bucket {entry.key.bucket}]: registry buffer {name!r} was reshaped from "
+                        f"{list(before)} to {list(after)} since capture (copy_/assign from a different-shaped tensor); "
+                        f"write it with buffers.write({name!r}, value), which pads instead of reshaping"
+                    )
+        entry.buffer_shapes = shapes
+        static_shapes = [bound[name].shape for name, _ in entry.static_items]
+        if static_shapes != entry.static_shapes:
+            for (name, _), before, after in zip(entry.static_items, entry.static_shapes, static_shapes):
+                if before != after:
+                    raise AddressStabilityError(
+                        f"{self.name}[bucket {entry.key.bucket}]: static argument {name!r} has shape {list(after)} "
+                        f"but the graph was captured with {list(before)}; keep its shape and update it in place"
+                    )
         entry.buffer_generation = buffers.generation
 
     # Capture -----------------------------------------------------------------
@@ -403,6 +425,8 @@ class GraphedFunction:
         entry.static_ptrs = tuple(tensor.data_ptr() for tensor in static.values())
         entry.buffer_ptrs = registry.buffers.addresses()
         entry.buffer_ptr_values = tuple(entry.buffer_ptrs.values())
+        entry.buffer_shapes = registry.buffers.shapes()
+        entry.static_shapes = [tensor.shape for tensor in static.values()]
         entry.buffer_generation = registry.buffers.generation
         elapsed = time.perf_counter() - started
         registry._counts["captures"] += 1
