@@ -1,0 +1,133 @@
+"""Smoke tests of the benchmark scripts: they import, and their small helpers work on tiny inputs.
+
+No benchmark is run here and nothing is timed.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    """Import a benchmark module by name from benchmarks/."""
+    sys.path.insert(0, str(BENCH_DIR))
+    try:
+        yield importlib.import_module
+    finally:
+        sys.path.remove(str(BENCH_DIR))
+
+
+def _mode(tokens_per_second, decode_tokens_per_second=100.0):
+    return {"tokens_per_second": tokens_per_second, "decode_tokens_per_second": decode_tokens_per_second}
+
+
+@pytest.mark.parametrize(
+    "name", ["bench_capture", "bench_mtp", "plot_results", "run_all", "bench_overhead", "bench_buckets"]
+)
+def test_benchmark_modules_import(bench, name):
+    module = bench(name)
+    assert callable(module.main)
+
+
+def test_mtp_compare_ratio_and_target(bench):
+    mtp = bench("bench_mtp")
+    slower = mtp.compare(_mode(100.0, 200.0), _mode(85.0, 150.0))
+    assert slower["ratio"] == pytest.approx(0.85)
+    assert slower["decode_ratio"] == pytest.approx(0.75)
+    assert slower["target_met"] is False
+    at_limit = mtp.compare(_mode(100.0), _mode(90.0))
+    assert at_limit["target_met"] is True
+    assert mtp.compare(_mode(0.0, 0.0), _mode(10.0))["ratio"] == 0.0
+
+
+def test_mtp_identical_compares_tokens_and_seed(bench):
+    mtp = bench("bench_mtp")
+    a = {"outputs": [[5, 6], [7]], "infer_seed": [1, 2]}
+    assert mtp.identical([a, dict(a)], [dict(a)])
+    assert not mtp.identical([a], [{**a, "outputs": [[5, 6], [8]]}])
+    assert not mtp.identical([a], [{**a, "infer_seed": [1, 3]}])
+
+
+def test_mtp_summarize_uses_medians(bench):
+    mtp = bench("bench_mtp")
+    passes = [
+        {"wall_seconds": w, "decode_seconds": w / 2, "tokens": 100, "decode_tokens": 90, "decode_steps": 10,
+         "acceptance_rate": 0.5}
+        for w in (1.0, 2.0, 4.0)
+    ]
+    summary = mtp.summarize(passes)
+    assert summary["wall_seconds"] == 2.0
+    assert summary["tokens_per_second"] == pytest.approx(50.0)
+    assert summary["decode_tokens_per_second"] == pytest.approx(90.0)
+
+
+def test_mtp_table_has_one_line_per_row(bench):
+    mtp = bench("bench_mtp")
+    row = {"k": 2, "batch": 8, "off": _mode(100.0), "on": _mode(95.0), **mtp.compare(_mode(100.0), _mode(95.0)),
+           "acceptance_rate": 0.42, "identical": True, "graphs": 9, "capture_seconds": 4.2}
+    table = mtp.format_rows([row, {**row, "k": 0, "acceptance_rate": None, "identical": False}])
+    lines = table.splitlines()
+    assert len(lines) == 4
+    assert "42.0%" in lines[2] and "yes" in lines[2]
+    assert "NO" in lines[3]
+    assert mtp.parse_ints("0, 1,3") == [0, 1, 3]
+
+
+def test_capture_helpers(bench):
+    capture = bench("bench_capture")
+    assert capture.rss_kib() > 0  # Linux: /proc/self/status has VmRSS
+    names = ["draft_next[8]", "target[24]", "draft[3]", "target[3]"]
+    assert sorted(names, key=capture.bucket_order) == ["target[3]", "target[24]", "draft[3]", "draft_next[8]"]
+    runs = [{"buckets": {"target[3]": {"seconds": s}}} for s in (0.1, 0.3, 0.2)]
+    assert capture.bucket_medians(runs) == {"target[3]": 0.2}
+    table = capture.format_table(["name", "s"], [["target[3]", "0.100"], ["draft[24]", "12.000"]])
+    header, rule, first, second = table.splitlines()
+    assert len(rule) == len(header) and first.startswith("target[3]") and second.endswith("12.000")
+
+
+def test_capture_log_reads_the_registry_debug_line(bench):
+    capture = bench("bench_capture")
+    log = capture.CaptureLog()
+    record = logging.LogRecord("graphcap", logging.DEBUG, __file__, 1, "captured %s[%d] in %.3f s",
+                               ("target", 24, 0.5), None)
+    log.emit(record)
+    log.emit(logging.LogRecord("graphcap", logging.INFO, __file__, 1, "something else %s", ("x",), None))
+    assert [(name, bucket, seconds) for name, bucket, seconds, _ in log.records] == [("target", 24, 0.5)]
+
+
+def test_plot_results_series_and_main(bench, tmp_path, capsys):
+    plots = bench("plot_results")
+    result = {"setup": {"backend": "static", "max_new_tokens": 8},
+              "rows": [{"k": 1, "batch": 8, "off": _mode(10.0), "on": _mode(9.0), "ratio": 0.9}]}
+    assert plots.mtp_series(result) == (["k=1 b=8"], [10.0], [9.0], [0.9])
+    (tmp_path / "mtp.json").write_text(json.dumps(result))
+    assert plots.main(["--results", str(tmp_path)]) == 0  # with or without matplotlib
+    assert "plot_results:" in capsys.readouterr().out
+    assert plots.load(tmp_path / "missing.json") is None
+
+
+def test_run_all_steps_exist_and_reject_unknown_names(bench):
+    run_all = bench("run_all")
+    names = [name for name, _, _ in run_all.STEPS]
+    assert len(names) == len(set(names))
+    for _, script, _ in run_all.STEPS:
+        assert (BENCH_DIR / script).is_file()
+    assert run_all.command("bench_mtp.py", ("--ks", "0"))[-2:] == ["--ks", "0"]
+    with pytest.raises(SystemExit):
+        run_all.main(["--only", "no_such_step"])
+
+
+def test_device_check_script_parses():
+    script = BENCH_DIR / "device_check.sh"
+    assert script.is_file()
+    assert subprocess.run(["bash", "-n", str(script)], check=False).returncode == 0
