@@ -122,13 +122,7 @@ def run_variant(variant: str) -> dict[str, Any]:
         elif variant == "capture_all":
             engine.capture_all()
         elif variant == "capture_all_gc":
-            # MTPEngine.capture_all builds its examples and calls
-            # registry.capture_all(examples) with the default freeze_gc=True.
-            # Wrapping that one instance's method forwards the very same
-            # examples with freeze_gc=False; no library code changes.
-            registry = engine.registry
-            registry.capture_all = functools.partial(type(registry).capture_all, registry, freeze_gc=False)
-            engine.capture_all()
+            engine.capture_all(freeze_gc=False)
         else:
             raise ValueError(f"unknown variant {variant!r}")
     finally:

@@ -13,7 +13,13 @@ os.environ.setdefault("GLOG_minloglevel", "2")
 
 
 def _demo(args: argparse.Namespace) -> int:
+    import warnings
+
     from graphcap.demo import DemoOptions, run_demo
+
+    # to_static tracing warns about a PIR detail once per traced op; it says
+    # nothing about the user's model, and it would bury the demo's table.
+    warnings.filterwarnings("ignore", message="Tensor do not have 'place' interface", category=UserWarning)
 
     modes = ("off", "on") if args.use_graph is None else (("on",) if args.use_graph else ("off",))
     if args.compare:

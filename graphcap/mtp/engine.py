@@ -233,13 +233,14 @@ class MTPEngine:
                 results[request_index] = slot.generated
         return results, stats
 
-    def capture_all(self) -> int:
+    def capture_all(self, *, freeze_gc: bool = True) -> int:
         """Capture every bucket of every graph up front (start-up capture), largest first.
 
         Dummy decode batches (every slot verifying k+1 rows at the start of
         its cache) give each bucket its shapes; tensor state the graphs touch
         (KV caches, ``infer_seed``) is restored after each capture, so nothing
-        a later request sees changes. Returns the number of graphs captured.
+        a later request sees changes. ``freeze_gc`` as in
+        ``CaptureRegistry.capture_all``. Returns the number of graphs captured.
         """
         if not self.config.use_graph:
             return 0
@@ -279,7 +280,7 @@ class MTPEngine:
             }
 
         examples = {"target": verify_batch, "draft": draft_batch, "draft_next": draft_next_batch}
-        return self.registry.capture_all(examples)
+        return self.registry.capture_all(examples, freeze_gc=freeze_gc)
 
     def infer_seed(self) -> list[int]:
         """The per-slot seeds as they stand now (host copy)."""
