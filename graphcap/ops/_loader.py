@@ -174,6 +174,11 @@ def load_ops() -> ModuleType:
             return _MODULE
         from paddle.utils.cpp_extension import extension_utils
 
+        # Paddle logs "using custom operator only" at INFO on every load of an
+        # ops-only library; it is not news, so it is held back for this call.
+        paddle_logger = logging.getLogger("utils.cpp_extension")
+        level = paddle_logger.level
+        paddle_logger.setLevel(logging.WARNING)
         try:
             # Imports the cached .so and registers its ops; no compiler runs.
             module = extension_utils._import_module_from_library(EXTENSION_NAME, str(target.parent))
@@ -181,5 +186,7 @@ def load_ops() -> ModuleType:
             raise OpBuildError(
                 f"loading {target} failed ({exc}); remove {target.parent.parent} and rerun `make op`"
             ) from exc
+        finally:
+            paddle_logger.setLevel(level)
         _MODULE = module
         return module
