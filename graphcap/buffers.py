@@ -37,6 +37,9 @@ class BufferSpec:
     dtype: str
     pad: str = "zero"
     pad_value: float | int = 0
+    # Snapshotted before warmups/capture and copied back after, so the extra
+    # executions a capture needs leave no trace in it (infer_seed, counters).
+    restore: bool = True
 
     @property
     def capacity(self) -> int:
@@ -79,6 +82,7 @@ class StaticBuffers:
         *,
         pad: str = "zero",
         pad_value: float | int = 0,
+        restore: bool = True,
     ) -> paddle.Tensor:
         """Allocate buffer ``name`` once, filled with its padding, and return it.
 
@@ -86,14 +90,18 @@ class StaticBuffers:
         ``zero``, ``value`` (the sentinel ``pad_value``, e.g. -1 for
         ``batch_id_per_token_output``), ``copy_row0`` or ``keep``. Declaring
         an existing name with the same spec returns the existing tensor;
-        with another spec it raises ``StaticBufferError``.
+        with another spec it raises ``StaticBufferError``. ``restore`` (the
+        default) snapshots the buffer around each capture and copies it back,
+        so warmups that advance it in place do not count.
         """
         if pad not in PAD_RULES:
             raise StaticBufferError(f"buffer {name!r}: pad={pad!r} is not one of {PAD_RULES}")
         shape = tuple(int(dim) for dim in shape)
         if not shape or min(shape) < 1:
             raise StaticBufferError(f"buffer {name!r}: shape {shape} must have rank >= 1 and positive dims")
-        spec = BufferSpec(name=name, shape=shape, dtype=dtype_name(dtype), pad=pad, pad_value=pad_value)
+        spec = BufferSpec(
+            name=name, shape=shape, dtype=dtype_name(dtype), pad=pad, pad_value=pad_value, restore=restore
+        )
         existing = self._specs.get(name)
         if existing is not None:
             if existing != spec:
@@ -109,18 +117,32 @@ class StaticBuffers:
         self._bump()
         return tensor
 
-    def adopt(self, name: str, tensor: paddle.Tensor, *, pad: str = "keep", pad_value: float | int = 0) -> None:
+    def adopt(
+        self,
+        name: str,
+        tensor: paddle.Tensor,
+        *,
+        pad: str = "keep",
+        pad_value: float | int = 0,
+        restore: bool = False,
+    ) -> None:
         """Register an existing tensor (e.g. a model's KV cache) as static buffer ``name``.
 
         From then on its address is recorded at capture and compared on
         replay like any declared buffer, and rebinding the name raises.
+        ``restore`` is off by default: adopted tensors are usually large (a
+        KV cache), and a snapshot per capture would double their memory on
+        a device; a KV cache needs none, since warmups rewrite the same
+        positions with the same values.
         """
         if name in self._specs:
             raise StaticBufferError(f"buffer {name!r} already exists in {self._owner}; adopt it under another name")
         if pad not in PAD_RULES:
             raise StaticBufferError(f"buffer {name!r}: pad={pad!r} is not one of {PAD_RULES}")
         shape = tuple(tensor.shape)
-        spec = BufferSpec(name=name, shape=shape, dtype=dtype_name(tensor.dtype), pad=pad, pad_value=pad_value)
+        spec = BufferSpec(
+            name=name, shape=shape, dtype=dtype_name(tensor.dtype), pad=pad, pad_value=pad_value, restore=restore
+        )
         self._specs[name] = spec
         self._tensors[name] = tensor
         self._slots[name] = (tensor, spec, tensor.dtype, list(shape[1:]), shape[0])
@@ -233,6 +255,10 @@ class StaticBuffers:
         """The declared spec of buffer ``name``."""
         self._buffer(name)
         return self._specs[name]
+
+    def restorable(self) -> list[paddle.Tensor]:
+        """The buffers declared with ``restore=True`` (snapshotted around captures)."""
+        return [self._tensors[name] for name, spec in self._specs.items() if spec.restore]
 
     def tensors(self) -> dict[str, paddle.Tensor]:
         """A copy of the name -> tensor mapping (the tensors themselves, not copies)."""

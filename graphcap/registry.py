@@ -10,9 +10,10 @@ Lifecycle of one call of a graphed function, on one screen:
 3. *Capture* (first call of a key only): warmups run the function eagerly on
    the static buffers (the first under the capture-safety guard), static
    outputs are allocated from the warmup's outputs, the backend captures a
-   closure that reads the buffers and writes the outputs. Tensor state the
-   function may mutate (static arguments, registry buffers) is snapshotted
-   before and restored after, so warmups and capture leave no trace.
+   closure that reads the buffers and writes the outputs. Registry buffers
+   declared with ``restore=True`` (the default for ``declare``: state such as
+   ``infer_seed`` that a step advances in place) are snapshotted before and
+   copied back after, so warmups and capture leave no trace in them.
 4. *Check*: the addresses of static arguments and registry buffers are
    compared with those recorded at capture (``debug_checks``).
 5. *Replay*: the graph runs; outputs are views of the static outputs sliced
@@ -393,7 +394,7 @@ class GraphedFunction:
 
         started = time.perf_counter()
         try:
-            with _restored(list(static.values()) + list(registry.buffers.tensors().values())):
+            with _restored(registry.buffers.restorable()):
                 for attempt in range(max(1, registry.config.num_warmups)):
                     # Warmup 0 runs under the capture-safety guard: host reads and
                     # value-dependent shapes surface here on every backend.
@@ -522,9 +523,9 @@ def _restored(tensors: list[paddle.Tensor]) -> Iterator[None]:
     """Snapshot ``tensors`` and copy the snapshot back in place on exit.
 
     Warmups and (on the eager and static backends) the capture itself execute
-    the function; a function that advances ``infer_seed`` or writes a KV cache
-    must not have those extra runs count. Same-shape ``assign`` keeps each
-    tensor's address.
+    the function; a function that advances ``infer_seed`` in place must not
+    have those extra runs count. Same-shape ``assign`` keeps each tensor's
+    address.
     """
     saved = [tensor.clone() for tensor in tensors]
     try:

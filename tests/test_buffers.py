@@ -81,3 +81,14 @@ def test_redeclare_same_spec_returns_same_tensor_and_other_spec_raises(bufs):
 def test_unknown_buffer_names_known_ones(bufs):
     with pytest.raises(StaticBufferError, match="no buffer 'y'"):
         bufs.write("y", paddle.ones([1]))
+
+
+def test_declared_buffers_are_restored_around_capture_and_adopted_ones_are_not(bufs):
+    cache = paddle.zeros([4, 8])
+    bufs.adopt("kv_cache", cache)
+    bufs.declare("scratch", [4], "float32", restore=False)
+    restorable = bufs.restorable()
+    assert any(t is bufs.x for t in restorable)
+    assert not any(t is cache for t in restorable)
+    assert not any(t is bufs.scratch for t in restorable)
+    assert bufs.kv_cache is cache  # adopted, not copied

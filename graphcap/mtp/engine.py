@@ -137,8 +137,11 @@ class MTPEngine:
         bufs.declare("infer_seed", [max_batch], "int64", pad="keep")
         bufs.declare("top_p", [max_batch], "float32", pad="keep")
         bufs.declare("top_k", [max_batch], "int64", pad="keep")
-        # The KV caches are owned by the model; registering them makes their
-        # addresses checked on replay and restores them around capture.
+        # The KV caches are owned by the model; adopting them makes their
+        # addresses and shapes checked on replay. They are not restored around
+        # capture: warmups rewrite the same positions with the same values, and
+        # capture_all's dummy rows land in positions every request rewrites
+        # before it reads them.
         for name, tensor in (
             ("target_k", self.bundle.cache.k), ("target_v", self.bundle.cache.v),
             ("draft_k", self.bundle.draft_cache.k), ("draft_v", self.bundle.draft_cache.v),
@@ -237,9 +240,10 @@ class MTPEngine:
         """Capture every bucket of every graph up front (start-up capture), largest first.
 
         Dummy decode batches (every slot verifying k+1 rows at the start of
-        its cache) give each bucket its shapes; tensor state the graphs touch
-        (KV caches, ``infer_seed``) is restored after each capture, so nothing
-        a later request sees changes. ``freeze_gc`` as in
+        its cache) give each bucket its shapes; ``infer_seed`` is restored
+        after each capture, and the dummy KV entries sit at positions every
+        request writes before it reads them. Meant for start-up: called while
+        requests are in flight it would overwrite their cache. ``freeze_gc`` as in
         ``CaptureRegistry.capture_all``. Returns the number of graphs captured.
         """
         if not self.config.use_graph:
