@@ -165,11 +165,7 @@ class GraphConfig:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> GraphConfig:
         """Build a config from a mapping; unknown keys raise ``ConfigError`` naming them."""
-        known = {field.name for field in attrs.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"unknown GraphConfig field(s) {unknown}; allowed: {sorted(known)}")
-        return cls(**dict(values))
+        return attrs_from_dict(cls, values)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> GraphConfig:
@@ -194,6 +190,15 @@ class GraphConfig:
     def to_json(self) -> str:
         """The config as JSON (for result files)."""
         return json.dumps(attrs.asdict(self), default=str)
+
+
+def attrs_from_dict(cls: type[Any], values: Mapping[str, Any]) -> Any:
+    """``cls(**values)`` for an attrs class, with unknown keys raising ``ConfigError`` naming them."""
+    known = {field.name for field in attrs.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"unknown {cls.__name__} field(s) {unknown}; allowed: {sorted(known)}")
+    return cls(**dict(values))
 
 
 def _rescale(sizes: tuple[int, ...] | str | None, from_rpr: int, to_rpr: int) -> tuple[int, ...]:

@@ -41,6 +41,7 @@ import paddle
 import paddle.nn.functional as F
 from paddle import nn
 
+from graphcap.config import attrs_from_dict
 from graphcap.errors import ConfigError, GraphCapError
 
 WEIGHTS_PATH = Path(__file__).with_name("tiny_lm.pdparams")
@@ -91,11 +92,7 @@ class TinyLMConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TinyLMConfig:
         """Build a config from ``to_dict`` output (unknown keys raise ``ConfigError``)."""
-        names = {f.name for f in attrs.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ConfigError(f"TinyLMConfig has no fields {unknown}; known fields are {sorted(names)}")
-        return cls(**data)
+        return attrs_from_dict(cls, data)
 
 
 class KVCache:
