@@ -189,7 +189,8 @@ class GraphedFunction:
         try:
             entry = self._entries.get((plan.key, bucket, tuple([bound[name] for name in plan.extras])))
         except TypeError:
-            raise CaptureError(self._unhashable(bound, plan)) from None
+            self._check_hashable(bound, plan)
+            raise
         for name, buffers, buffer_name in plan.sources:
             buffers.write(buffer_name, bound[name], rows=rows)
         if entry is None:
@@ -246,7 +247,7 @@ class GraphedFunction:
             names=tuple(sorted(bound)), batched=tuple(batched), static=tuple(static), extras=tuple(extras),
             sources=tuple(sources),
         )
-        self._unhashable(bound, plan, check=True)
+        self._check_hashable(bound, plan)
         self._plans[tuple(bound)] = plan
         return plan
 
@@ -278,19 +279,16 @@ class GraphedFunction:
             self.staging.declare(name, shape, value.dtype, pad=pad, pad_value=pad_value)
         return name, self.staging, name
 
-    def _unhashable(self, bound: dict[str, Any], plan: CallPlan, check: bool = False) -> str:
+    def _check_hashable(self, bound: dict[str, Any], plan: CallPlan) -> None:
+        """Raise ``CaptureError`` naming the first non-tensor argument that cannot be a graph key."""
         for name in plan.extras:
             try:
                 hash(bound[name])
             except TypeError:
-                message = (
+                raise CaptureError(
                     f"{self.name}: argument {name!r} of type {type(bound[name]).__name__} is not hashable; "
                     f"non-tensor arguments are part of the graph key"
-                )
-                if check:
-                    raise CaptureError(message) from None
-                return message
-        return f"{self.name}: an argument is not hashable"
+                ) from None
 
     def _check_addresses(self, entry: GraphEntry, bound: dict[str, Any]) -> None:
         """Raise ``AddressStabilityError`` if anything the graph reads has moved since capture.
@@ -556,14 +554,14 @@ class CaptureRegistry:
         self._capture_seconds = 0.0
         self._progress: Any = None
         self._buffer_ids_cache: frozenset[int] = frozenset()
-        self._buffer_ids_count = 0
+        self._buffer_ids_generation = -1
 
     @property
     def _buffer_ids(self) -> frozenset[int]:
-        # Buffers are only ever added (declare), so the set is rebuilt when the count changes.
-        if len(self.buffers) != self._buffer_ids_count:
+        # Rebuilt only when the buffers' generation says a name was added or rebound.
+        if self.buffers.generation != self._buffer_ids_generation:
             self._buffer_ids_cache = frozenset(id(tensor) for tensor in self.buffers.tensors().values())
-            self._buffer_ids_count = len(self.buffers)
+            self._buffer_ids_generation = self.buffers.generation
         return self._buffer_ids_cache
 
     def graphed(

@@ -145,23 +145,20 @@ def sample_plain(
     """
     rows = logits.shape[0]
     # Every request owns exactly one row: cu = [0, 1, ..., B] and one token
-    # this step, built on the device from the static batch size.
-    cu = paddle.arange(rows + 1, dtype="int32")
-    seq_lens = paddle.ones([rows], dtype="int32")
-    out_top_p, out_top_k, out_seed = out if out is not None else _static_outputs(rows)
-    row_top_p, row_top_k, row_seed = build_sampling_params_into(
+    # this step, built on the device from the static batch size. That is the
+    # speculative path with k = 0 (seeds advance by 4).
+    return sample_speculative(
+        logits,
         top_p=top_p,
         top_k=top_k,
         infer_seed=infer_seed,
-        seq_lens_this_time=seq_lens,
-        cu_seqlens_q_output=cu,
-        increment_value=4,
+        seq_lens_this_time=paddle.ones([rows], dtype="int32"),
+        cu_seqlens_q_output=paddle.arange(rows + 1, dtype="int32"),
+        num_speculative_tokens=0,
         max_seed=max_seed,
-        out_top_p=out_top_p,
-        out_top_k=out_top_k,
-        out_seed=out_seed,
+        greedy=greedy,
+        out=out,
     )
-    return sample_rows(logits, row_top_p, row_top_k, row_seed, greedy=greedy)
 
 
 def speculative_increment(num_speculative_tokens: int) -> int:

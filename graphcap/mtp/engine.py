@@ -36,7 +36,7 @@ import paddle
 from graphcap.config import GraphConfig
 from graphcap.errors import ConfigError
 from graphcap.models.tiny_lm import TinyLMBundle, load_tiny_lm
-from graphcap.mtp.preprocess import SlotRows, StepLayout, declare_step_buffers, write_step_inputs
+from graphcap.mtp.preprocess import SlotRows, declare_step_buffers, write_step_inputs
 from graphcap.ops.sampling_params import MAX_INFER_SEED
 from graphcap.registry import CaptureRegistry
 from graphcap.sampling import sample_speculative
@@ -369,7 +369,7 @@ class MTPEngine:
         # before anything overwrites them.
         draft_tokens, draft_hidden = draft(token_ids=tokens, hidden=hidden, positions=positions, slot_ids=slot_ids)
         self._propose(ordered, paddle.to_tensor(accepted_rows, dtype="int64"), draft_tokens, draft_hidden,
-                      graphed=graphed, layout=layout)
+                      graphed=graphed)
 
     def _propose(
         self,
@@ -379,10 +379,8 @@ class MTPEngine:
         draft_hidden: paddle.Tensor,
         *,
         graphed: bool,
-        layout: StepLayout | None = None,
     ) -> None:
         """Take d'_1 from the picked rows, then chain substeps for d'_2..d'_steps."""
-        del layout
         first = paddle.gather(draft_tokens, rows).numpy().tolist()
         hidden = paddle.gather(draft_hidden, rows)
         proposals = [[token] for token in first]
