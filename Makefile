@@ -3,13 +3,20 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.graphcap-installed
+# `cpu` installs the CPU Paddle wheel; on a GPU/XPU machine install
+# paddlepaddle-gpu / paddlepaddle-xpu into the venv first and drop it
+# (`make EXTRAS=test,paddleformers test`), or the CPU wheel lands on top.
+EXTRAS ?= cpu,test,paddleformers
+# `make demo` writes its JSON here (ignored by git); `make bench` is what
+# regenerates the committed benchmarks/results/demo.json.
+RUNS := runs
 
 .PHONY: venv op test lint demo bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[$(EXTRAS)]'
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -25,11 +32,11 @@ lint: $(STAMP)
 	$(PY) -m ruff check graphcap tests benchmarks
 
 demo: op
-	GLOG_minloglevel=2 $(PY) -m graphcap demo --json benchmarks/results/demo.json
+	GLOG_minloglevel=2 $(PY) -m graphcap demo --json $(RUNS)/demo.json
 
 bench: op
-	$(PY) -m pip install -q -e '.[test,bench]'
+	$(PY) -m pip install -q -e '.[$(EXTRAS),bench]'
 	$(PY) benchmarks/run_all.py
 
 clean:
-	rm -rf $(VENV) .graphcap_build build *.egg-info
+	rm -rf $(VENV) .graphcap_build $(RUNS) build *.egg-info

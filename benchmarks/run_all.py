@@ -5,6 +5,9 @@
 Sizes are chosen so the whole run takes under 10 minutes on 2 CPU cores. Each
 benchmark prints its table and writes JSON to ``benchmarks/results/``; a
 benchmark that fails is reported and the rest still run (exit status 1 then).
+The first step reruns the demo (``python -m graphcap demo``) into
+``results/demo.json``: ``make demo`` writes to the ignored ``runs/`` instead, so
+this is the only thing that changes the committed demo result.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ RESULTS = HERE / "results"
 # (name, script, arguments): a separate process each, so one benchmark's heap,
 # gc state and to_static caches never leak into the next one's timings.
 STEPS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("demo", "run_demo.py", ()),
     ("overhead", "bench_overhead.py", ("--rounds", "20", "--inner", "150")),
     ("capture", "bench_capture.py", ("--repeats", "2")),
     ("buckets", "bench_buckets.py", ()),

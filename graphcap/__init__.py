@@ -5,6 +5,29 @@ One flag (``GraphConfig(use_graph=True)``) turns graph mode on; a
 address-stable static buffers, captures one graph per bucket and replays it.
 """
 
+# Paddle is not a hard dependency (its CPU, CUDA and XPU wheels are different
+# distributions, and graphcap must not pull the CPU one on top of the others),
+# so a missing Paddle is reported here, once, with the wheels to choose from.
+import warnings as _warnings
+
+try:
+    with _warnings.catch_warnings():
+        # `import paddle` warns that ccache is missing, which only matters when
+        # compiling custom ops (graphcap builds its op once, in `make op`).
+        _warnings.filterwarnings("ignore", message="No ccache found", category=UserWarning)
+        import paddle as _paddle  # noqa: F401
+except ImportError as _exc:
+    raise ImportError(
+        f"graphcap needs PaddlePaddle, but `import paddle` failed ({_exc}). graphcap does not install "
+        "Paddle itself, so that it never pulls the CPU wheel on top of an accelerator one; install the "
+        "wheel for your hardware: `pip install 'graphcap[cpu]'` (or `pip install paddlepaddle`) for CPU, "
+        "`paddlepaddle-gpu` for CUDA GPUs, `paddlepaddle-xpu` for Kunlun XPUs "
+        "(see https://www.paddlepaddle.org.cn/install for the index URL that matches your CUDA/XPU version)."
+    ) from _exc
+else:
+    # The import was only a check: leave no `graphcap._paddle` attribute behind.
+    del _paddle
+
 import warnings
 
 # Paddle warns at import that ccache is missing, which only matters when

@@ -14,7 +14,7 @@ address. Two layouts say which rows belong to which request:
 Three builders of the same rows live here:
 
 * ``build_sampling_params`` (eager form) and ``build_sampling_params_into``
-  (capture form, graph-safe) call the C++ op (``csrc/build_sampling_params.cc``).
+  (capture form, graph-safe) call the C++ op (``graphcap/ops/csrc/build_sampling_params.cc``).
 * ``build_sampling_params_reference``: numpy with Python ints, the ground truth.
 * ``padding_sampling_params``: the legacy builder from Paddle ops
   (``repeat_interleave`` with tensor repeats: a host sync, not capturable),
