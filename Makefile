@@ -26,7 +26,7 @@ op: $(STAMP)
 	$(PY) -m graphcap.ops.build
 
 test: op
-	$(PY) -m pytest -q -p no:cacheprovider
+	GRAPHCAP_REQUIRE_PADDLEFORMERS=1 $(PY) -m pytest -q -p no:cacheprovider
 
 lint: $(STAMP)
 	$(PY) -m ruff check graphcap tests benchmarks

@@ -190,6 +190,25 @@ class StaticBuffers:
         if count < capacity and spec.pad != "keep":
             self._pad(buf, spec, count)
 
+    def stage(self, name: str, value: paddle.Tensor, rows: int, bucket: int) -> None:
+        """Copy ``value`` (``rows`` rows) into buffer ``name`` in place and pad rows ``[rows:bucket]``.
+
+        The replay path's write: the caller guarantees ``value``'s dtype and
+        row shape (a graph key holds them), so only the in-place reshape that
+        would strand a graph is checked. Rows past ``bucket`` are not read by
+        that bucket's graph and are left alone.
+        """
+        buf, spec, _, _, capacity = self._slots[name]
+        if buf.shape[0] != capacity:
+            raise AddressStabilityError(
+                f"buffer {name!r} now has shape {list(buf.shape)} but was declared {list(spec.shape)}: a copy_ or "
+                f"assign from a different-shaped tensor reshaped it in place; write it only with write()"
+            )
+        if rows and value.data_ptr() != buf.data_ptr():
+            buf[:rows] = value
+        if rows < bucket and spec.pad != "keep":
+            self._pad(buf, spec, rows, bucket)
+
     @staticmethod
     def _reject(spec: BufferSpec, value: paddle.Tensor, shape: list[int]) -> None:
         if dtype_name(value.dtype) != spec.dtype:
@@ -203,24 +222,21 @@ class StaticBuffers:
             f"{list(shape)}; reshape it to [n{', ' + trailing if trailing else ''}]"
         )
 
-    def pad_rows(self, name: str, rows: int) -> None:
-        """Apply buffer ``name``'s padding rule to rows ``[rows:]``."""
-        self._pad(self._buffer(name), self._specs[name], rows)
-
     @staticmethod
-    def _pad(buf: paddle.Tensor, spec: BufferSpec, rows: int) -> None:
-        if rows >= spec.capacity or spec.pad == "keep":
+    def _pad(buf: paddle.Tensor, spec: BufferSpec, rows: int, end: int | None = None) -> None:
+        end = spec.capacity if end is None else end
+        if rows >= end or spec.pad == "keep":
             return
         # Padding rows are rewritten on every staging, so they never hold a
         # previous step's data (a stale -1 or a stale token id).
         if spec.pad == "zero":
-            buf[rows:] = 0
+            buf[rows:end] = 0
         elif spec.pad == "value":
-            buf[rows:] = spec.pad_value
+            buf[rows:end] = spec.pad_value
         elif rows > 0:  # copy_row0: padding rows repeat row 0, a valid input
-            buf[rows:] = buf[0:1]
+            buf[rows:end] = buf[0:1]
         else:
-            buf[:] = 0
+            buf[:end] = 0
 
     # Reads ---------------------------------------------------------------
     def _buffer(self, name: str) -> paddle.Tensor:

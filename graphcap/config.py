@@ -19,6 +19,8 @@ from graphcap.errors import ConfigError
 
 BACKENDS = ("auto", "eager", "static", "device")
 ON_UNSAFE_CAPTURE = ("raise", "eager")
+ON_CAPTURE_FAILURE = ("eager", "raise")
+ON_REBIND = ("raise", "recapture")
 DEFAULT_MAX_CAPTURE_SIZE = 512
 
 
@@ -90,7 +92,9 @@ class GraphConfig:
         max_capture_size: the largest batch, in requests, of the default list.
         num_speculative_tokens: k, the MTP draft tokens per step (0 = none).
         draft_use_graph: graphs for the draft steps, independently of the target's.
-        num_warmups: eager runs before each capture (default 2).
+        num_warmups: eager runs before each capture (default 2, at least 1:
+            the first teaches graphcap the output shapes, a second lets the
+            pure-function check compare two runs).
         debug_checks: check on replay that static arguments and registry
             buffers are where they were at capture (on by default): identity
             and rebinding every replay; the full comparison of ``data_ptr``
@@ -98,7 +102,21 @@ class GraphConfig:
             1 = every replay), which also catches in-place reallocation and
             reshaping by a different-shaped ``copy_``.
         on_unsafe_capture: ``raise`` a ``CaptureSafetyError`` (default) or run
-            that graph eagerly and log it once.
+            that graph eagerly and log it once. Covers host reads and
+            value-dependent shapes during capture, and functions that keep
+            state of their own (the pure-function check).
+        on_capture_failure: when capturing itself fails (tracing, device
+            capture): ``eager`` (default) runs that bucket eagerly, logs one
+            warning naming the root cause and lists it in
+            ``stats()["fallbacks"]``; ``raise`` raises ``CaptureError``.
+        on_rebind: when a replay finds that something the graph reads was
+            rebound or moved (a static argument, a Layer parameter, a tensor
+            in a closure or argument object): ``raise`` an
+            ``AddressStabilityError`` naming its path (default) or
+            ``recapture`` that graph. Registry buffers always raise.
+        max_graphs_per_bucket: graphs one function may hold for one bucket
+            (argument trees with other non-tensor values, shapes or roles);
+            past it, calls run eagerly, counted with the arguments that vary.
         trace: batch sizes in requests per step (a sequence or a file) for
             ``capture_sizes="auto"``; the exact planner picks the sizes.
         max_graphs: graph budget per graph name for ``capture_sizes="auto"``.
@@ -110,10 +128,13 @@ class GraphConfig:
     max_capture_size: int = attrs.field(default=DEFAULT_MAX_CAPTURE_SIZE, validator=_check_int(1))
     num_speculative_tokens: int = attrs.field(default=0, validator=_check_int(0))
     draft_use_graph: bool = attrs.field(default=True, validator=_check_bool)
-    num_warmups: int = attrs.field(default=2, validator=_check_int(0))
+    num_warmups: int = attrs.field(default=2, validator=_check_int(1))
     debug_checks: bool = attrs.field(default=True, validator=_check_bool)
     address_check_interval: int = attrs.field(default=8, validator=_check_int(1))
     on_unsafe_capture: str = attrs.field(default="raise", validator=_check_choice(ON_UNSAFE_CAPTURE))
+    on_capture_failure: str = attrs.field(default="eager", validator=_check_choice(ON_CAPTURE_FAILURE))
+    on_rebind: str = attrs.field(default="raise", validator=_check_choice(ON_REBIND))
+    max_graphs_per_bucket: int = attrs.field(default=8, validator=_check_int(1))
     trace: tuple[int, ...] | str | os.PathLike | None = attrs.field(default=None, converter=_convert_trace)
     max_graphs: int = attrs.field(default=16, validator=_check_int(1))
 
@@ -175,7 +196,9 @@ class GraphConfig:
         ``GRAPHCAP_CAPTURE_SIZES=1,2,4``, ``GRAPHCAP_MAX_CAPTURE_SIZE``,
         ``GRAPHCAP_NUM_SPECULATIVE_TOKENS``, ``GRAPHCAP_DRAFT_USE_GRAPH``,
         ``GRAPHCAP_NUM_WARMUPS``, ``GRAPHCAP_DEBUG_CHECKS``,
-        ``GRAPHCAP_ON_UNSAFE_CAPTURE``. Keyword overrides win.
+        ``GRAPHCAP_ON_UNSAFE_CAPTURE``, ``GRAPHCAP_ON_CAPTURE_FAILURE``,
+        ``GRAPHCAP_ON_REBIND``, ... (every field but ``trace``). Keyword
+        overrides win.
         """
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}

@@ -2,12 +2,51 @@
 
 from __future__ import annotations
 
+import os
+from typing import Any
+
 import paddle
 import pytest
 
 paddle.set_device("cpu")
 
+# `make test` installs the paddleformers extra and sets this, so CI fails rather
+# than skips when the third-party model library is missing.
+REQUIRE_PADDLEFORMERS = os.environ.get("GRAPHCAP_REQUIRE_PADDLEFORMERS") == "1"
+
 
 @pytest.fixture(autouse=True)
 def _seeded() -> None:
     paddle.seed(1234)
+
+
+def paddleformers_transformers() -> Any:
+    """``paddleformers.transformers``, or a skip (a failure under ``make test``) when it is missing."""
+    try:
+        import paddleformers.transformers as transformers
+    except ImportError:
+        if REQUIRE_PADDLEFORMERS:
+            raise
+        pytest.skip("paddleformers is not installed (pip install 'graphcap[paddleformers]')")
+    return transformers
+
+
+def tiny_llama_config(**overrides: Any) -> Any:
+    """A small ``LlamaConfig`` that runs on CPU: 2 layers, grouped-query attention (4 heads, 2 kv heads)."""
+    transformers = paddleformers_transformers()
+    options = dict(
+        vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=64, fuse_rms_norm=False,  # the fused kernel is GPU-only
+    )
+    options.update(overrides)
+    return transformers.LlamaConfig(**options)
+
+
+@pytest.fixture(scope="module")
+def tiny_llama() -> Any:
+    """A randomly initialised PaddleFormers ``LlamaForCausalLM`` in eval mode (no weights are downloaded)."""
+    transformers = paddleformers_transformers()
+    paddle.seed(0)
+    model = transformers.LlamaForCausalLM(tiny_llama_config())
+    model.eval()
+    return model

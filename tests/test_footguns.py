@@ -27,10 +27,13 @@ reshaping ``copy_`` into a buffer     Paddle silently reallocates (larger source
                                       or reshapes in place (smaller source)           the buffer, moved or reshaped (within           test_shrinking_copy_into_a_static_buffer,
                                                                                       address_check_interval replays); write()        test_static_buffer_write_refuses_a_wrong_shape
                                                                                       refuses a wrong shape
-an exception inside capture           a capture left open poisons every later         that bucket runs eagerly (capture_failures),    test_exception_inside_capture
-                                      launch on the stream                            others capture; capture_end always called
-``reset()`` then replay               a released graph replayed, or an old weight     the next call recaptures, equal to eager with   test_reset_then_replay
-                                      tensor read after a reload                      the new weights
+an exception inside capture           a capture left open poisons every later         that bucket runs eagerly, its reason in         test_exception_inside_capture,
+                                      launch on the stream                            stats()["fallbacks"]; capture_end always        test_exception_inside_a_warmup_propagates_like_eager
+                                                                                      called; a warmup's exception propagates as
+                                                                                      eager's would
+``reset()`` then replay               a released graph replayed, or an old weight     a rebinding reload raises naming the path;      test_reset_then_replay,
+                                      tensor read after a reload                      after reset() (or on_rebind="recapture") the   test_rebinding_reload_recaptures_when_asked
+                                                                                      next call recaptures, equal to eager
 ====================================  ==============================================  ==============================================  ==============================================
 """
 
@@ -385,7 +388,9 @@ def fail_once_in_bucket(bucket: int, on_call: int):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_exception_inside_capture(backend):
     reg = registry(backend)
-    fwd = reg.graphed("t", batch_arg="x")(fail_once_in_bucket(4, on_call=1))
+    # Calls 1 and 2 are the warmups; call 3 is the capture itself (the static
+    # backend's trace) or, on the eager backend, the replay that verifies it.
+    fwd = reg.graphed("t", batch_arg="x")(fail_once_in_bucket(4, on_call=3))
     x = paddle.arange(3, dtype="float32")
     for _ in range(2):
         assert values(fwd(x=x)) == [0.0, 3.0, 6.0]  # bucket 4: eager from now on
@@ -393,7 +398,21 @@ def test_exception_inside_capture(backend):
     stats = reg.stats()
     assert stats["capture_failures"] == 1 and stats["eager_fallbacks"] == 2
     assert stats["captures"] == 1 and stats["replays"] == 1 and stats["graphs"] == 1
+    [fallback] = stats["fallbacks"]
+    assert fallback["graph"] == "t" and fallback["bucket"] == 4 and fallback["calls"] == 2
+    assert "device out of memory (simulated)" in fallback["reason"] and THIS_FILE in fallback["reason"]
     assert not hasattr(paddle.Tensor.item, "__graphcap_guarded__")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_exception_inside_a_warmup_propagates_like_eager(backend):
+    reg = registry(backend)
+    fwd = reg.graphed("t", batch_arg="x")(fail_once_in_bucket(4, on_call=1))
+    x = paddle.arange(3, dtype="float32")
+    with pytest.raises(RuntimeError, match="simulated"):
+        fwd(x=x)
+    assert values(fwd(x=x)) == [0.0, 3.0, 6.0]  # nothing was disabled: the next call captures
+    assert reg.stats()["capture_failures"] == 0 and reg.stats()["graphs"] == 1
 
 
 class RecordingGraph:
@@ -423,7 +442,8 @@ def test_exception_inside_device_capture_always_ends_capture():
     assert values(fwd(x=paddle.ones([3]))) == [3.0, 3.0, 3.0]
     assert log == ["begin", "end", "reset"]  # ended, then the half-recorded graph released
     fwd(x=paddle.ones([2]))
-    assert log == ["begin", "end", "reset", "begin", "end", "replay"]
+    # Capture, the replay that verifies it, then this call's replay.
+    assert log == ["begin", "end", "reset", "begin", "end", "replay", "replay"]
     assert reg.stats()["capture_failures"] == 1 and reg.stats()["graphs"] == 1
 
 
@@ -446,9 +466,21 @@ def test_reset_then_replay(backend):
     assert reg.stats()["graphs"] == 0
     assert values(graphed(x=x)) == values(fwd(x=x)) == [6.0] * 4
     assert reg.stats()["captures"] == 2
-    model["w"] = paddle.full([2, 2], 5.0)  # a weight reload by rebinding: needs the reset
-    # The static graph (like a device graph) still reads the old tensor; eager re-runs Python.
-    assert values(graphed(x=x)) == ([6.0] * 4 if backend == "static" else [10.0] * 4)
+    model["w"] = paddle.full([2, 2], 5.0)  # a weight reload by rebinding: the graph reads the old tensor
+    with pytest.raises(AddressStabilityError, match=r"t\[bucket 2\]: model\['w'\] now holds another Tensor"):
+        graphed(x=x)
     reg.reset()
     assert values(graphed(x=x)) == values(fwd(x=x)) == [10.0] * 4
     assert reg.stats()["captures"] == 3 and reg.stats()["graphs"] == 1
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_rebinding_reload_recaptures_when_asked(backend):
+    reg = registry(backend, on_rebind="recapture")
+    model = {"w": paddle.ones([2, 2])}
+    graphed = reg.graphed("t", batch_arg="x")(lambda x: paddle.matmul(x, model["w"]))
+    x = paddle.ones([2, 2])
+    assert values(graphed(x=x)) == [2.0] * 4
+    model["w"] = paddle.full([2, 2], 5.0)
+    assert values(graphed(x=x)) == [10.0] * 4
+    assert reg.stats()["recaptures"] == 1 and reg.stats()["graphs"] == 1

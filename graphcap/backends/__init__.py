@@ -24,17 +24,27 @@ class Graph(Protocol):
     def reset(self) -> None:
         """Release the capture; the graph must not be replayed afterwards."""
 
+    def captured_tensors(self) -> list[Any] | None:
+        """The tensors the graph reads, where the backend knows them (``static``), else None."""
+
 
 class Backend(Protocol):
     """Turns a closure over static buffers into a ``Graph``."""
 
     name: str
+    # True when capture() itself runs the closure once (its outputs are then written).
+    capture_executes: bool
 
-    def prepare(self, fn: Callable[..., Any]) -> Callable[..., Any]:
-        """The form of ``fn`` that ``run`` should call inside a capture (identity but for ``static``)."""
+    def forms(self, fn: Callable[..., Any]) -> list[Callable[..., Any]]:
+        """The forms of ``fn`` a capture may call, to try in order (``[fn]`` but for ``static``)."""
 
-    def capture(self, run: Callable[[], None], label: str) -> Graph:
-        """Capture ``run`` (which may execute once while doing so) and return its graph."""
+    def capture(self, run: Callable[[], None], label: str, reachable: Any = None) -> Graph:
+        """Capture ``run`` (which may execute once while doing so) and return its graph.
+
+        ``reachable`` (a ``graphcap.reachable.Reachable``) tells the backend
+        what the function reaches; the static backend uses it to keep
+        dy2static away from library helpers it cannot convert.
+        """
 
     def reset(self) -> None:
         """Release every graph this backend captured and any shared memory pool."""

@@ -52,11 +52,16 @@ class DeviceGraph:
             self.graph.reset()
             self.graph = None
 
+    def captured_tensors(self) -> None:
+        """Unknown: a device graph records addresses, not tensors."""
+        return None
+
 
 class DeviceBackend:
     """Captures closures into CUDA / XPU graphs sharing one memory pool."""
 
     name = "device"
+    capture_executes = False  # kernels are recorded during capture, run on replay
 
     def __init__(
         self,
@@ -76,11 +81,11 @@ class DeviceBackend:
             self._pool_id = self._new_pool_id()
         return self._pool_id
 
-    def prepare(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+    def forms(self, fn: Callable[..., Any]) -> list[Callable[..., Any]]:
         """Python runs as written: ``fn`` itself."""
-        return fn
+        return [fn]
 
-    def capture(self, run: Callable[[], None], label: str) -> DeviceGraph:
+    def capture(self, run: Callable[[], None], label: str, reachable: Any = None) -> DeviceGraph:
         """Record ``run`` into a new graph in the shared pool; capture always ends."""
         graph = self._graph_factory(self.pool_id)
         graph.capture_begin()

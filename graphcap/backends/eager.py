@@ -24,17 +24,22 @@ class EagerGraph:
         """Forget the closure."""
         self.run = None
 
+    def captured_tensors(self) -> None:
+        """Unknown: replay re-runs Python, which reads whatever it finds."""
+        return None
+
 
 class EagerBackend:
     """Capture runs nothing; replay re-executes Python. Results define what 'correct' means."""
 
     name = "eager"
+    capture_executes = False  # capture only keeps the closure
 
-    def prepare(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+    def forms(self, fn: Callable[..., Any]) -> list[Callable[..., Any]]:
         """Python runs as written: ``fn`` itself."""
-        return fn
+        return [fn]
 
-    def capture(self, run: Callable[[], None], label: str) -> EagerGraph:
+    def capture(self, run: Callable[[], None], label: str, reachable: Any = None) -> EagerGraph:
         """Keep ``run`` for replay; nothing executes now."""
         return EagerGraph(run)
 

@@ -7,32 +7,107 @@ code, and a Python attribute rebound after capture is not seen: the program
 keeps reading the old tensor, exactly as a device graph keeps reading the old
 address. That is what makes this backend a faithful CPU stand-in for the
 device in tests. It is not faster than eager on CPU.
+
+Running functions as Python defines them: dy2static recompiles a function
+from its source, which loses what only the live function object knows (a
+default bound from an enclosing loop, ``def f(*, scale=scale)``, raises
+``NameError`` there). The function is converted when that works; when it
+does not (or the converted code fails to trace: dy2static mistranslates some
+closures), and for lambdas, it is traced *as written* (marked
+``not_to_static``: straight-line tensor code traces the same; Python control
+flow on tensor values then fails the trace, and the bucket runs eagerly with
+that reason). Bound methods and ``functools.partial`` are converted through
+their function. Library helpers dy2static cannot convert (PaddleFormers'
+configuration classes recurse forever in their ``__getattribute__``) are kept
+away from conversion for the duration of each trace: the modules of the
+non-Layer objects the function reaches, other than modules that define the
+function itself or any Layer it reaches.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
-from collections.abc import Callable
+import logging
+import sys
+import types
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import attrs
 import paddle
-from paddle.jit.dy2static.program_translator import convert_to_static
+
+from graphcap.reachable import Reachable
+
+logger = logging.getLogger("graphcap")
 
 
-def _ignore_graphcap_decorators() -> None:
-    """Stop dy2static from re-applying ``@...graphed(...)`` when it converts a graphed function.
+@contextlib.contextmanager
+def _decorators_dropped(name: str) -> Iterator[None]:
+    """While converting, drop decorators called ``name`` from the recompiled source.
 
-    Conversion recompiles the function from its source, decorators included;
-    re-running graphcap's decorator would register the graph a second time.
-    dy2static keeps a list of decorator names it drops; graphcap's joins it.
+    Conversion re-applies the decorators written above a function; re-running
+    ``@registry.graphed(...)`` would register the graph a second time. dy2static
+    keeps a list of decorator names it drops: ``name`` joins it only for the
+    conversion, so a user's own decorator of that name elsewhere is untouched.
     """
     from paddle.jit.dy2static.transformers import decorator_transformer
 
     names = getattr(decorator_transformer, "IGNORE_NAMES", None)
-    if isinstance(names, list) and "graphed" not in names:
-        names.append("graphed")
+    added = isinstance(names, list) and name not in names
+    if added:
+        names.append(name)  # type: ignore[union-attr]
+    try:
+        yield
+    finally:
+        if added:
+            names.remove(name)  # type: ignore[union-attr]
+
+
+@contextlib.contextmanager
+def _modules_kept_as_written(modules: Iterable[types.ModuleType]) -> Iterator[None]:
+    """While tracing, let calls into ``modules`` run as written instead of being converted."""
+    from paddle.jit.dy2static import convert_call_func
+
+    ignored = convert_call_func.BUILTIN_LIKELY_MODULES
+    added = [module for module in modules if module not in ignored]
+    ignored.extend(added)
+    try:
+        yield
+    finally:
+        for module in added:
+            with contextlib.suppress(ValueError):
+                ignored.remove(module)
+
+
+def _helper_modules(found: Reachable | None, fn: Callable[..., Any]) -> list[types.ModuleType]:
+    """Modules of the non-Layer helper classes ``fn`` reaches, minus modules that hold model code."""
+    if found is None:
+        return []
+    keep = {getattr(inspect.unwrap(fn), "__module__", None), *found.function_modules}
+    for layer_class in found.layer_classes:
+        keep.update(klass.__module__ for klass in layer_class.__mro__)
+    modules = {}
+    for object_class in found.object_classes:
+        for klass in object_class.__mro__:
+            name = klass.__module__
+            if name in keep or name.split(".", 1)[0] in ("builtins", "paddle", "graphcap", "typing", "abc"):
+                continue
+            module = sys.modules.get(name)
+            if module is not None and getattr(module, "__file__", None):
+                modules[name] = module
+    return list(modules.values())
+
+
+def _as_written(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` behind a wrapper that dy2static calls without converting."""
+
+    @paddle.jit.not_to_static
+    def call_as_written(*args: Any, **kwargs: Any) -> Any:
+        return fn(*args, **kwargs)
+
+    return call_as_written
 
 
 @attrs.define
@@ -51,31 +126,48 @@ class StaticGraph:
         """Drop the program (its tensors stay owned by the registry)."""
         self.program = None
 
+    def captured_tensors(self) -> list[paddle.Tensor] | None:
+        """The eager tensors the traced program reads or writes: its captured inputs."""
+        if self.program is None:
+            return None
+        try:
+            return list(self.program.concrete_program.parameters[0])
+        except Exception:  # another Paddle layout of ConcreteProgram: nothing to add
+            return None
+
 
 class StaticBackend:
     """Traces each bucket's closure with ``paddle.jit.to_static``."""
 
     name = "static"
+    capture_executes = True  # tracing runs the program once, writing the outputs
 
-    def prepare(self, fn: Callable[..., Any]) -> Callable[..., Any]:
-        """``fn`` converted for tracing.
-
-        to_static's AST mode converts a called function only when it is a
-        module-level name of its module; a closure or locally defined forward
-        would otherwise run unconverted on eager tensors inside the trace
-        (which crashes Paddle 3.3). Converting it here covers those too.
-        """
-        _ignore_graphcap_decorators()
+    def forms(self, fn: Callable[..., Any]) -> list[Callable[..., Any]]:
+        """The forms of ``fn`` to trace, in order: converted where dy2static can, then as written."""
+        if isinstance(fn, paddle.nn.Layer):
+            return [fn, _as_written(fn)]  # to_static converts a Layer's forward itself
+        if isinstance(fn, functools.partial):
+            return [functools.partial(form, *fn.args, **fn.keywords) for form in self.forms(fn.func)]
         if inspect.ismethod(fn):
-            return functools.partial(convert_to_static(fn.__func__), fn.__self__)
-        if inspect.isfunction(fn) and fn.__name__ != "<lambda>":
-            return convert_to_static(fn)  # lambdas cannot be converted; they run as written
-        return fn  # a Layer or other callable: to_static converts its forward itself
+            return [*[functools.partial(form, fn.__self__) for form in self.forms(fn.__func__)[:-1]],
+                    _as_written(fn)]
+        if not inspect.isfunction(fn) or fn.__name__ == "<lambda>":
+            return [_as_written(fn)]
+        from paddle.jit.dy2static.program_translator import convert_to_static
 
-    def capture(self, run: Callable[[], None], label: str) -> StaticGraph:
+        try:
+            with _decorators_dropped("graphed"):
+                return [convert_to_static(fn), _as_written(fn)]
+        except Exception as exc:  # noqa: BLE001 - any conversion failure: trace as written
+            logger.debug("to_static could not convert %s from its source (%s: %s); tracing it as written",
+                         fn.__qualname__, type(exc).__name__, exc)
+            return [_as_written(fn)]
+
+    def capture(self, run: Callable[[], None], label: str, reachable: Reachable | None = None) -> StaticGraph:
         """Trace ``run`` into a program; the trace executes it once, writing the outputs."""
-        program = paddle.jit.to_static(run, full_graph=True)
-        program()
+        with _modules_kept_as_written(_helper_modules(reachable, run)):
+            program = paddle.jit.to_static(run, full_graph=True)
+            program()
         return StaticGraph(program)
 
     def reset(self) -> None:

@@ -1,0 +1,197 @@
+"""Deciding, apart from executing: a call's arguments -> eager (with a reason) or one graph's key.
+
+``Dispatcher.decide`` looks at one call and nothing else: the rows of the
+batch argument pick the bucket; every tensor leaf of the argument tree is
+classified from *this call's* shapes, so the order of earlier calls never
+matters:
+
+* *batched*: its first dimension is the batch's rows (or it is named in
+  ``batched_args``). It is staged into a static buffer and padded. A prefix
+  view of a registry buffer large enough for the largest bucket is read in
+  place (zero-copy); any other tensor gets a staging buffer of its own, so a
+  fresh tensor is never copied into a registry buffer.
+* *static*: anything else, registry buffers and ``static_args`` included. The
+  graph reads it where it is; replays check it is the same tensor.
+
+The classification, every tensor leaf's dtype and shape (rows excluded) and
+every non-tensor leaf's value form the ``GraphKey``: two calls share a graph
+exactly when a graph captured for one is right for the other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
+
+import paddle
+
+from graphcap import pytree
+from graphcap.buckets import BucketMap
+from graphcap.buffers import StaticBuffers, dtype_name
+from graphcap.errors import CaptureError
+
+__all__ = ["BATCHED", "STATIC", "Dispatch", "Dispatcher", "GraphKey", "leaf_is_batched"]
+
+STATIC = "static"
+BATCHED = "batched"
+_MAX_TREES = 1024
+
+
+class GraphKey(NamedTuple):
+    """The fewest fields that identify one graph: which function, bucket, argument tree and leaf layout.
+
+    ``layout`` has one entry per tensor leaf: ``("static", dtype, shape)`` or
+    ``("batched", dtype, trailing shape, source)`` where ``source`` is the
+    registry buffer read in place, or ``""`` for a staging buffer.
+    """
+
+    name: str
+    bucket: int
+    tree: Any
+    layout: tuple[tuple[Any, ...], ...]
+
+
+class Dispatch(NamedTuple):
+    """One call's decision: ``key`` is None exactly when the call runs eagerly, for ``reason``."""
+
+    rows: int
+    key: GraphKey | None
+    leaves: list[paddle.Tensor]
+    reason: str
+
+
+def leaf_is_batched(entry: tuple[Any, ...]) -> bool:
+    """True for a layout entry of a batched leaf."""
+    return entry[0] == BATCHED
+
+
+class _TreeInfo(NamedTuple):
+    paths: tuple[str, ...]
+    overrides: tuple[str | None, ...]  # per leaf: "static", "batched" or None (decide by shape)
+
+
+class Dispatcher:
+    """Turns one call's bound arguments into a ``Dispatch``; holds only caches, never graphs."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        batch_arg: str,
+        buckets: BucketMap,
+        registry_buffers: StaticBuffers,
+        static_args: Sequence[str] = (),
+        batched_args: Sequence[str] = (),
+    ) -> None:
+        """``static_args`` / ``batched_args`` are argument paths (``cache``, ``kv[0]``) forcing a leaf's role."""
+        self.name = name
+        self.batch_arg = batch_arg
+        self.buckets = buckets
+        self.registry_buffers = registry_buffers
+        self.static_args = frozenset(static_args)
+        self.batched_args = frozenset(batched_args)
+        overlap = self.static_args & self.batched_args
+        if overlap:
+            raise CaptureError(f"{name}: {sorted(overlap)} named in both static_args and batched_args; pick one")
+        self._trees: dict[Any, _TreeInfo] = {}
+        self._owned_generation = -1
+        self._owned: frozenset[int] = frozenset()
+        self._views: dict[int, tuple[str, Any, tuple[int, ...]]] = {}
+
+    def rows_of(self, bound: Mapping[str, Any]) -> int:
+        """Rows of the batch argument; raises ``CaptureError`` if it is not a tensor with rows."""
+        batch = bound.get(self.batch_arg)
+        if not isinstance(batch, paddle.Tensor) or not batch.shape:
+            raise CaptureError(
+                f"{self.name}: batch_arg {self.batch_arg!r} must be passed as a tensor with rows "
+                f"(got {type(batch).__name__}); name the argument whose first dimension is the batch"
+            )
+        return batch.shape[0]
+
+    def decide(self, bound: Mapping[str, Any]) -> Dispatch:
+        """Eager (zero rows, more rows than the largest bucket) or the key of the graph to replay."""
+        rows = self.rows_of(bound)
+        bucket = self.buckets.bucket(rows)
+        if bucket == 0:
+            return Dispatch(rows, None, [], "")
+        if bucket is None:
+            return Dispatch(rows, None, [], f"more rows than the largest capture size {self.buckets.largest}")
+        tree, leaves = pytree.flatten_arguments(bound)
+        try:
+            info = self._trees.get(tree)
+        except TypeError:
+            raise self._unhashable(tree) from None
+        if info is None:
+            info = self._tree_info(tree)
+        self._refresh_registry()
+        owned, views = self._owned, self._views
+        batch = bound[self.batch_arg]
+        layout = []
+        for leaf, path, override in zip(leaves, info.paths, info.overrides):
+            shape = leaf.shape
+            if leaf is batch or override == BATCHED or (
+                override is None and shape and shape[0] == rows and id(leaf) not in owned
+            ):
+                if not shape or shape[0] != rows:
+                    raise CaptureError(
+                        f"{self.name}: {path!r} is declared batched but has shape {list(shape)} "
+                        f"while the batch has {rows} rows; give it the batch's rows or remove it from batched_args"
+                    )
+                trailing = tuple(shape[1:])
+                view = views.get(leaf.data_ptr())
+                source = view[0] if view is not None and view[1] == leaf.dtype and view[2] == trailing else ""
+                layout.append((BATCHED, leaf.dtype, trailing, source))
+            else:
+                layout.append((STATIC, leaf.dtype, tuple(shape)))
+        return Dispatch(rows, GraphKey(self.name, bucket, tree, tuple(layout)), leaves, "")
+
+    def paths(self, tree: Any) -> tuple[str, ...]:
+        """The path of every tensor leaf of ``tree``."""
+        info = self._trees.get(tree)
+        return info.paths if info is not None else self._tree_info(tree).paths
+
+    def _tree_info(self, tree: Any) -> _TreeInfo:
+        paths = pytree.tensor_paths(tree)
+        overrides = tuple(
+            STATIC if pytree.path_matches(path, self.static_args)
+            else BATCHED if pytree.path_matches(path, self.batched_args) else None
+            for path in paths
+        )
+        info = _TreeInfo(paths, overrides)
+        if len(self._trees) >= _MAX_TREES:
+            # Trees that differ call to call (a counter inside an argument) must not pile up here.
+            self._trees.clear()
+        self._trees[tree] = info
+        return info
+
+    def _refresh_registry(self) -> None:
+        """Rebuild the registry-buffer lookups when a buffer was declared or rebound since the last call."""
+        buffers = self.registry_buffers
+        if buffers.generation == self._owned_generation:
+            return
+        largest = self.buckets.largest
+        tensors = buffers.tensors()
+        self._owned = frozenset(id(tensor) for tensor in tensors.values())
+        # data_ptr -> (name, dtype, trailing shape) of every buffer a batch of the largest bucket fits in.
+        self._views = {
+            tensor.data_ptr(): (name, tensor.dtype, tuple(tensor.shape[1:]))
+            for name, tensor in tensors.items()
+            if buffers.spec(name).capacity >= largest
+        }
+        self._owned_generation = buffers.generation
+
+    def _unhashable(self, tree: Any) -> CaptureError:
+        found = pytree.find_unhashable(tree)
+        path, value = found if found is not None else ("?", None)
+        return CaptureError(
+            f"{self.name}: argument {path!r} of type {type(value).__name__} is not hashable, and non-tensor "
+            f"arguments are part of the graph key; pass it as a tensor, as a hashable value (a tuple, not a "
+            f"list of numbers), or bind it outside the call (a closure or functools.partial)"
+        )
+
+
+def describe_leaf(entry: tuple[Any, ...]) -> str:
+    """``float32[n, 16]`` for a batched layout entry, ``float32[4, 16]`` for a static one."""
+    if leaf_is_batched(entry):
+        return f"{dtype_name(entry[1])}[n{''.join(f', {dim}' for dim in entry[2])}]"
+    return f"{dtype_name(entry[1])}{list(entry[2])}"

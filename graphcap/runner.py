@@ -1,0 +1,442 @@
+"""Executing what the dispatcher decided: stage, capture, replay.
+
+The lifecycle of one graph, on one screen (``GraphRunner.capture``):
+
+1. *Sources*: each batched leaf gets the buffer it is staged into: the
+   registry buffer it is a prefix view of (zero-copy), or a staging buffer of
+   this function allocated once at the largest bucket. Every bucket's graph
+   reads a prefix view of it, so one address serves them all.
+2. *Stage*: the call's batched leaves are written in place, padding rows
+   filled by rule (also on every replay).
+3. *Warmup*: the function runs eagerly on the staged views, ``num_warmups``
+   times, the first under the capture-safety guard. The registry buffers
+   declared restorable (``infer_seed``) are put back before each run, so the
+   runs see the same state. An exception from the user's function
+   propagates unchanged: eager would raise it too.
+4. *Purity*: outputs of the warmups, static arguments and staged inputs are
+   compared bitwise (``graphcap.purity``); a function with state of its own
+   raises ``CaptureSafetyError`` naming what changed.
+5. *Capture*: static outputs are allocated from the warmup's outputs, the
+   backend captures a closure that reads the buffers and writes the outputs.
+   A failure of the capture itself (tracing, device capture) leaves the
+   bucket eager with its reason, or raises with ``on_capture_failure="raise"``.
+6. *Verify*: the captured graph's own run (or one replay) must reproduce the
+   warmup's outputs bitwise.
+7. *Checks*: what the graph reads is recorded for ``graphcap.checks``: static
+   leaves, registry buffers, tensors reachable from the function, and on the
+   ``static`` backend the traced program's own captured inputs.
+
+Restorable registry buffers are put back once more at the end, so capture
+leaves no trace in them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import attrs
+import paddle
+
+from graphcap import failures, guard, pytree, reachable
+from graphcap.backends import Backend, Graph
+from graphcap.binding import CallBinder
+from graphcap.buffers import StaticBuffers, dtype_name
+from graphcap.checks import ReplayCheck
+from graphcap.config import GraphConfig
+from graphcap.dispatch import GraphKey, leaf_is_batched
+from graphcap.errors import CaptureError, CaptureSafetyError, GraphCapError
+from graphcap.purity import first_difference, host_copies, same_constant
+from graphcap.stats import RegistryStats
+
+logger = logging.getLogger("graphcap")
+
+__all__ = ["GraphEntry", "GraphRunner"]
+
+
+@attrs.define(eq=False)
+class GraphEntry:
+    """One captured graph: its key, the graph, its static outputs, where inputs are staged, its checks.
+
+    ``failure`` holds the reason when this key runs eagerly instead (a
+    capture that failed, or unsafe code with ``on_unsafe_capture="eager"``).
+    """
+
+    key: GraphKey
+    label: str
+    graph: Graph | None = None
+    outputs: list[paddle.Tensor] = attrs.Factory(list)
+    sliced: tuple[bool, ...] = ()
+    tree: pytree.OutputTree | None = None
+    # (leaf index, buffers, buffer name, registry-owned): where each batched leaf is staged.
+    sources: tuple[tuple[int, StaticBuffers, str, bool], ...] = ()
+    check: ReplayCheck | None = None
+    failure: str | None = None
+    replays: int = 0
+
+    def release(self) -> None:
+        """Release the graph; the entry must not be replayed afterwards."""
+        if self.graph is not None:
+            self.graph.reset()
+            self.graph = None
+
+
+class _CaptureFailed(Exception):
+    """The capture itself (not the user's function) failed; ``reason`` is its one-line root cause."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class _State:
+    """Snapshots of the restorable registry buffers, put back in place on demand."""
+
+    def __init__(self, tensors: list[paddle.Tensor]) -> None:
+        self.tensors = tensors
+        self.saved = [tensor.clone() for tensor in tensors]
+
+    def restore(self) -> None:
+        # Same-shape assign keeps each buffer's address.
+        for tensor, copy in zip(self.tensors, self.saved):
+            paddle.assign(copy, output=tensor)
+
+
+class GraphRunner:
+    """Stages, captures and replays the graphs of one graphed function."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        fn: Callable[..., Any],
+        binder: CallBinder,
+        config: GraphConfig,
+        backend: Backend,
+        registry_buffers: StaticBuffers,
+        staging: StaticBuffers,
+        padding_rules: Mapping[str, tuple[str, float | int]],
+        largest: int,
+        stats: RegistryStats,
+        skip_types: tuple[type, ...],
+    ) -> None:
+        """Everything capture and replay need, passed explicitly."""
+        self.name = name
+        self.fn = fn
+        self.binder = binder
+        self.config = config
+        self.backend = backend
+        self.registry_buffers = registry_buffers
+        self.staging = staging
+        self.padding_rules = padding_rules
+        self.largest = largest
+        self.stats = stats
+        self.skip_types = skip_types
+        # (path, dtype, trailing shape) -> staging buffer name.
+        self._staging_names: dict[tuple[str, str, tuple[int, ...]], str] = {}
+
+    # Stage -------------------------------------------------------------------
+    def stage(self, entry: GraphEntry, leaves: Sequence[paddle.Tensor], rows: int) -> None:
+        """Write the call's batched leaves into their buffers, padding rows filled by rule."""
+        bucket = entry.key.bucket
+        for index, buffers, buffer_name, registry_owned in entry.sources:
+            if registry_owned:
+                # The registry buffer's own padding rule over its whole capacity, as its owner declared.
+                buffers.write(buffer_name, leaves[index], rows=rows)
+            else:
+                buffers.stage(buffer_name, leaves[index], rows, bucket)
+
+    def _sources(
+        self, key: GraphKey, paths: Sequence[str]
+    ) -> tuple[tuple[tuple[int, StaticBuffers, str, bool], ...], dict[int, paddle.Tensor]]:
+        sources = []
+        views: dict[int, paddle.Tensor] = {}
+        for index, (layout, path) in enumerate(zip(key.layout, paths)):
+            if not leaf_is_batched(layout):
+                continue
+            _, dtype, trailing, source = layout
+            if source:
+                buffers, buffer_name, owned = self.registry_buffers, source, True
+            else:
+                buffers, buffer_name, owned = self.staging, self._staging_buffer(path, dtype, trailing), False
+            sources.append((index, buffers, buffer_name, owned))
+            views[index] = buffers[buffer_name][: key.bucket]
+        return tuple(sources), views
+
+    def _staging_buffer(self, path: str, dtype: Any, trailing: tuple[int, ...]) -> str:
+        """The staging buffer for leaf ``path`` of this dtype and row shape, declared on first use."""
+        spec = (path, dtype_name(dtype), trailing)
+        name = self._staging_names.get(spec)
+        if name is None:
+            # The first spec seen for a path takes its plain name (what users look up);
+            # another dtype or row shape for the same path gets a numbered one.
+            name = path if path not in self.staging else f"{path}#{len(self._staging_names) + 1}"
+            pad, pad_value = self.padding_rules.get(path, ("zero", 0))
+            self.staging.declare(name, (self.largest, *trailing), dtype, pad=pad, pad_value=pad_value)
+            self._staging_names[spec] = name
+        return name
+
+    # Capture -----------------------------------------------------------------
+    def capture(
+        self, key: GraphKey, bound: Mapping[str, Any], leaves: Sequence[paddle.Tensor], rows: int,
+        paths: Sequence[str],
+    ) -> GraphEntry:
+        """Capture the graph of ``key`` from this call (staging it too); see the module docstring.
+
+        Returns the entry, with ``failure`` set when the bucket must run
+        eagerly. Raises the user's own exception from a warmup unchanged,
+        ``CaptureSafetyError`` for unsafe or impure code (unless
+        ``on_unsafe_capture="eager"``), ``CaptureError`` for a failed capture
+        with ``on_capture_failure="raise"``.
+        """
+        started = time.perf_counter()
+        bucket = key.bucket
+        entry = GraphEntry(key=key, label=f"{self.name}[bucket {bucket}]")
+        # 1-2. Sources and staging.
+        entry.sources, views = self._sources(key, paths)
+        self.stage(entry, leaves, rows)
+        binder, tree = self.binder, key.tree
+
+        @paddle.jit.not_to_static
+        def build_call(staged_views: dict[int, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+            # The call over static buffers: the caller's arguments with each batched
+            # leaf replaced by its buffer's view, defaults filled in (so the traced
+            # function never evaluates a default itself).
+            return binder.split(binder.with_defaults(pytree.substitute(bound, tree, staged_views)))
+
+        args, keywords = build_call(views)
+        registry_ids = {id(tensor) for tensor in self.registry_buffers.tensors().values()}
+        static = [(index, paths[index], leaf) for index, leaf in enumerate(leaves)
+                  if not leaf_is_batched(key.layout[index])]
+        state = _State(self.registry_buffers.restorable())
+        # Purity watches the static leaves that are not declared state, and the staged copies.
+        checked = [(path, leaf) for _, path, leaf in static if id(leaf) not in registry_ids]
+        staged = [(paths[index], views[index]) for index, _, _, owned in entry.sources if not owned]
+        try:
+            # 3-4. Warmup and purity.
+            outputs = self._warmups(entry, args, keywords, state, checked, staged)
+            # 5. Capture.
+            found = reachable.scan(self.fn, _argument_roots(bound, key.tree), skip=self.skip_types)
+            state.restore()
+            entry.outputs = [paddle.zeros(list(shape), dtype=dtype) for shape, dtype in outputs.specs]
+            entry.sliced = tuple(bool(shape) and shape[0] == bucket for shape, _ in outputs.specs)
+            entry.graph = self._capture_graph(entry, build_call, found, state)
+            # 6. Verify.
+            self._verify(entry, outputs, state)
+        except CaptureSafetyError as exc:
+            if self.config.on_unsafe_capture == "raise":
+                raise
+            message = str(exc).splitlines()[0]
+            return self._fail(entry, f"unsafe capture: {message.removeprefix(entry.label + ': ')}", exc)
+        except _CaptureFailed as exc:
+            if self.config.on_capture_failure == "raise":
+                raise CaptureError(
+                    f"{entry.label}: capture failed on the {self.backend.name} backend: {exc.reason}"
+                ) from exc.__cause__
+            return self._fail(entry, f"capture failed on the {self.backend.name} backend: {exc.reason}", exc)
+        finally:
+            state.restore()
+        # 7. Checks.
+        entry.check = self._replay_check(entry, static, registry_ids, found, views)
+        elapsed = time.perf_counter() - started
+        self.stats.count("captures")
+        self.stats.capture_seconds += elapsed
+        logger.debug("captured %s in %.3f s", entry.label, elapsed)
+        return entry
+
+    def _warmups(
+        self, entry: GraphEntry, args: tuple[Any, ...], keywords: dict[str, Any], state: _State,
+        checked: list[tuple[str, paddle.Tensor]], staged: list[tuple[str, paddle.Tensor]],
+    ) -> _WarmupOutputs:
+        """Run the eager warmups and the purity comparisons; returns the first warmup's outputs."""
+        static_before = host_copies([leaf for _, leaf in checked])
+        staged_before = host_copies([view for _, view in staged])
+        runs: list[_WarmupOutputs] = []
+        for attempt in range(self.config.num_warmups):
+            state.restore()
+            with guard.capture_guard(graph=self.name, bucket=entry.key.bucket) if attempt == 0 else _nothing():
+                result = self.fn(*args, **keywords)
+            self.stats.count("warmups")
+            if entry.tree is None:
+                try:
+                    entry.tree = pytree.OutputTree(result)
+                except CaptureError as exc:
+                    raise _CaptureFailed(str(exc)) from exc
+            runs.append(_WarmupOutputs.of(result))
+            del result
+        # The most specific cause first: an argument changed in place, then a write
+        # into a staged copy, then outputs that differ for another reason.
+        changed = first_difference(static_before, host_copies([leaf for _, leaf in checked]))
+        if changed is not None:
+            # Put back what the warmups advanced: refusing the graph must not also corrupt the caller's state.
+            for (_, leaf), saved in zip(checked, static_before):
+                paddle.assign(paddle.to_tensor(saved), output=leaf)
+            raise CaptureSafetyError(
+                f"{entry.label}: the function changed its static argument {checked[changed][0]!r} in place "
+                f"while warming up, so a graph would freeze one step's value; state a step advances must live "
+                f"in a registry buffer declared restorable (registry.buffers.declare(...)) or adopted "
+                f"(registry.buffers.adopt(...)), or be returned and passed back as an argument"
+            )
+        changed = first_difference(staged_before, host_copies([view for _, view in staged]))
+        if changed is not None:
+            raise CaptureSafetyError(
+                f"{entry.label}: the function writes into its batched argument {staged[changed][0]!r}, which "
+                f"graphcap stages into a copy, so the caller would never see the write; adopt the tensor as a "
+                f"registry buffer (registry.buffers.adopt(...)) or name it in static_args"
+            )
+        for attempt, other in enumerate(runs[1:], start=2):
+            self._compare_outputs(entry, runs[0], other, f"warmup {attempt}")
+        return runs[0]
+
+    def _compare_outputs(self, entry: GraphEntry, first: _WarmupOutputs, other: _WarmupOutputs, what: str) -> None:
+        assert entry.tree is not None
+        changed = first_difference(first.values, other.values)
+        if changed is not None:
+            raise CaptureSafetyError(
+                f"{entry.label}: {entry.tree.paths[changed]} of warmup 1 and {what} differ on the same inputs, "
+                f"so the function keeps state of its own and a graph would freeze one call's value; a tensor "
+                f"the function replaces or advances between calls (a Python-held cache, a counter) must live in "
+                f"a registry buffer declared restorable, or be passed in as an argument; random numbers must be "
+                f"seeded from an argument or a registry buffer"
+            )
+        for (path, a), (_, b) in zip(first.constants, other.constants):
+            if not same_constant(a, b):
+                raise CaptureSafetyError(
+                    f"{entry.label}: the non-tensor result {path} was {a!r} in warmup 1 and {b!r} in {what}; "
+                    f"a graph would return the first value forever; return it as a tensor or compute it outside"
+                )
+
+    def _capture_graph(
+        self, entry: GraphEntry, build_call: Callable[[dict[int, Any]], tuple[tuple[Any, ...], dict[str, Any]]],
+        found: reachable.Reachable, state: _State,
+    ) -> Graph:
+        """Capture with each form the backend offers until one works; the last failure is the reason."""
+        error: BaseException | None = None
+        for form in self.backend.forms(self.fn):
+            state.restore()  # a failed attempt may have run part of the function
+            try:
+                with guard.capture_guard(graph=self.name, bucket=entry.key.bucket):
+                    return self.backend.capture(self._run(entry, build_call, form), label=entry.label,
+                                                reachable=found)
+            except Exception as exc:
+                cause = failures.original(exc)
+                if isinstance(cause, GraphCapError):
+                    raise cause from None
+                logger.debug("%s: capturing %r failed", entry.label, form, exc_info=exc)
+                error = exc
+        assert error is not None
+        raise _CaptureFailed(failures.root_cause(error)) from error
+
+    @staticmethod
+    def _run(
+        entry: GraphEntry, build_call: Callable[[dict[int, Any]], tuple[tuple[Any, ...], dict[str, Any]]],
+        traced: Callable[..., Any],
+    ) -> Callable[[], None]:
+        outputs = entry.outputs
+        bucket = entry.key.bucket
+        whole = [(index, buffers[buffer_name]) for index, buffers, buffer_name, _ in entry.sources]
+
+        # What the backend captures: reads the static buffers and static leaves,
+        # writes the static outputs in place. The views are sliced here, inside
+        # the closure: the static backend traces it with to_static, where a view
+        # made outside (an eager strided tensor) crashes Paddle while the slice of
+        # a whole buffer becomes a slice op in the program. ``build_call`` and
+        # ``output_leaves`` are not_to_static: they run as Python on traced values.
+        def run() -> None:
+            sliced = {}
+            for index, buffer in whole:
+                sliced[index] = buffer[:bucket]
+            args, keywords = build_call(sliced)
+            for out, static_out in zip(pytree.output_leaves(traced(*args, **keywords)), outputs):
+                paddle.assign(out, output=static_out)
+
+        return run
+
+    def _verify(self, entry: GraphEntry, first: _WarmupOutputs, state: _State) -> None:
+        """The captured graph's run must give the warmup's outputs bit for bit."""
+        assert entry.graph is not None and entry.tree is not None
+        if not self.backend.capture_executes:
+            state.restore()
+            try:
+                entry.graph.replay()
+            except Exception as exc:
+                entry.release()
+                raise _CaptureFailed(failures.root_cause(exc)) from exc
+        changed = first_difference(first.values, host_copies(entry.outputs))
+        if changed is not None:
+            entry.release()
+            raise _CaptureFailed(
+                f"the captured graph's {entry.tree.paths[changed]} differs from the eager warmup's on the same "
+                f"inputs (the backend did not reproduce the function; an in-place Tensor method such as add_() "
+                f"is dropped by to_static: use paddle.assign(x, output=t))"
+            )
+
+    def _fail(self, entry: GraphEntry, reason: str, exc: BaseException) -> GraphEntry:
+        entry.failure = reason
+        entry.release()
+        self.stats.count("capture_failures")
+        logger.warning("%s: %s; this bucket runs eagerly from now on", entry.label, reason)
+        logger.debug("%s: full traceback of the capture failure", entry.label, exc_info=exc)
+        return entry
+
+    # Checks ------------------------------------------------------------------
+    def _replay_check(
+        self, entry: GraphEntry, static: list[tuple[int, str, paddle.Tensor]], registry_ids: set[int],
+        found: reachable.Reachable, views: dict[int, paddle.Tensor],
+    ) -> ReplayCheck:
+        """What the graph reads besides its staged inputs, recorded for every replay's checks."""
+        known = registry_ids | {id(leaf) for _, _, leaf in static} | {id(view) for view in views.values()}
+        known |= {id(out) for out in entry.outputs} | {id(t) for t in self.staging.tensors().values()}
+        watched = [(path, tensor) for path, tensor in found.tensors.values() if id(tensor) not in known]
+        read = entry.graph.captured_tensors() if entry.graph is not None else None
+        if read is not None:
+            # The traced program's own inputs are the ground truth of what it reads:
+            # watch exactly those, named by the path the scan reached them by.
+            named = {id(tensor): path for path, tensor in watched}
+            watched = [
+                (named.get(id(tensor)) or f"a tensor {list(tensor.shape)} {dtype_name(tensor.dtype)} the graph reads",
+                 tensor)
+                for tensor in read if id(tensor) not in known
+            ]
+        edges = [edge for edge in found.edges if id(edge.child) not in registry_ids]
+        return ReplayCheck(
+            label=entry.label, static_leaves=static, registry=self.registry_buffers, edges=edges,
+            watched=watched, interval=self.config.address_check_interval,
+        )
+
+
+@attrs.frozen
+class _WarmupOutputs:
+    """Host copies of one warmup's tensor outputs, their shapes and dtypes, and its constants."""
+
+    values: list[Any]
+    specs: list[tuple[list[int], Any]]
+    constants: tuple[tuple[str, Any], ...]
+
+    @classmethod
+    def of(cls, result: Any) -> _WarmupOutputs:
+        """Copy ``result``'s tensors to the host now, before the next run overwrites anything."""
+        leaves = pytree.output_leaves(result)
+        return cls(
+            values=host_copies(leaves),
+            specs=[(list(leaf.shape), leaf.dtype) for leaf in leaves],
+            constants=pytree.output_constants(result),
+        )
+
+
+def _argument_roots(bound: Mapping[str, Any], tree: Any) -> list[tuple[str, Any]]:
+    """Non-tensor argument leaves worth scanning for tensors (Layers, opaque objects), with their paths."""
+    roots = []
+    for path, node in pytree.value_leaves(tree):
+        value = node[-1].obj if node[0] == "r" else node[2]
+        if not isinstance(value, (int, float, str, bytes, bool, type(None))):
+            roots.append((path, value))
+    return roots
+
+
+@contextlib.contextmanager
+def _nothing() -> Iterator[None]:
+    yield

@@ -1,0 +1,625 @@
+"""Code graphcap did not write: every way a foreign forward broke the "no silent wrong answers" promise.
+
+Functions and models written the way other people write them: tensors in
+tuples (the legacy ``past_key_values``), lists, dicts, dataclasses and cache
+objects; results as namedtuples, ``ModelOutput`` objects and dataclasses;
+Layers with parameters, closures, default arguments; a PaddleFormers
+``LlamaForCausalLM``. Every graphed result is compared with calling the
+function directly on the same inputs, bit for bit, on the ``eager`` and
+``static`` backends.
+
+=====================================================  ==============================================
+finding                                                tests
+=====================================================  ==============================================
+a tuple argument hashed into the key: a graph per call test_tuple_argument_shares_one_graph_per_bucket
+a list argument raised "not hashable"                  test_containers_and_objects_are_argument_trees,
+                                                       test_unhashable_leaf_names_its_path,
+                                                       test_structure_never_raises_for_an_eager_batch
+namedtuple / ModelOutput results came back broken      test_outputs_keep_their_type
+classification frozen by the first call                test_classification_follows_each_calls_shapes,
+                                                       test_argument_order_never_matters,
+                                                       test_role_overrides_by_path
+state frozen into the graph with no error              test_python_held_state_raises_at_capture,
+                                                       test_undeclared_counter_argument_raises_and_is_restored,
+                                                       test_host_read_of_state_raises_inside_allow_host_reads,
+                                                       test_writing_a_batched_argument_raises
+rebinding what the graph reads, not handed to it       test_layer_parameter_rebound_by_a_weight_reload,
+                                                       test_cache_tensor_reallocated_inside_an_argument_object,
+                                                       test_in_place_reallocation_of_a_parameter,
+                                                       test_static_program_reads_only_what_the_scan_names
+capture failures: permanent, silent, unexplained       test_capture_failure_names_its_root_cause,
+                                                       test_capture_failure_can_be_fatal,
+                                                       test_paddleformers_llama_out_of_the_box
+static backend recompiled functions from source        test_functions_as_python_defines_them
+=====================================================  ==============================================
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+import logging
+
+import numpy as np
+import paddle
+import pytest
+from conftest import paddleformers_transformers
+
+from graphcap import (
+    AddressStabilityError,
+    CaptureError,
+    CaptureRegistry,
+    CaptureSafetyError,
+    GraphConfig,
+    allow_host_reads,
+)
+from graphcap.backends.eager import EagerBackend
+
+BACKENDS = ["eager", "static"]
+
+
+def registry(backend: str, **overrides) -> CaptureRegistry:
+    options = {"use_graph": True, "backend": backend, "capture_sizes": (2, 4)} | overrides
+    return CaptureRegistry(GraphConfig(**options))
+
+
+def assert_same(got, want):
+    """Same container types all the way down, tensors equal bit for bit."""
+    assert type(got) is type(want), f"{type(got).__name__} is not {type(want).__name__}"
+    if isinstance(want, paddle.Tensor):
+        assert got.shape == want.shape and got.dtype == want.dtype
+        np.testing.assert_array_equal(got.numpy(), want.numpy())
+    elif isinstance(want, (tuple, list)):
+        assert len(got) == len(want)
+        for a, b in zip(got, want):
+            assert_same(a, b)
+    elif isinstance(want, dict):
+        assert list(got) == list(want)
+        for key in want:
+            assert_same(got[key], want[key])
+    elif dataclasses.is_dataclass(want):
+        for field in dataclasses.fields(want):
+            assert_same(getattr(got, field.name), getattr(want, field.name))
+    else:
+        assert got == want
+
+
+def rows(n: int, width: int = 3) -> paddle.Tensor:
+    return paddle.randn([n, width])
+
+
+# 1. Arguments are pytrees --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_tuple_argument_shares_one_graph_per_bucket(backend):
+    reg = registry(backend)
+
+    def step(*, x, past_key_values):
+        (k0, v0), (k1, v1) = past_key_values
+        return x * 2 + k0 - v0 + k1 * v1
+
+    graphed = reg.graphed("legacy", batch_arg="x")(step)
+    for _ in range(5):
+        pkv = tuple((rows(3), rows(3)) for _ in range(2))  # fresh tensors every call, like a real engine
+        x = rows(3)
+        assert_same(graphed(x=x, past_key_values=pkv), step(x=x, past_key_values=pkv))
+    stats = reg.stats()
+    assert stats["captures"] == 1 and stats["graphs"] == 1 and stats["replays"] == 5
+
+
+@dataclasses.dataclass
+class ForwardMeta:
+    """A FastDeploy-style metadata object: batched and static tensors and plain values."""
+
+    seq_lens: paddle.Tensor
+    scale: paddle.Tensor
+    causal: bool = True
+
+
+class KVCache:
+    """A cache held in an object, as model libraries write them."""
+
+    def __init__(self, keys: list[paddle.Tensor]) -> None:
+        self.keys = keys
+        self.layers = len(keys)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_containers_and_objects_are_argument_trees(backend):
+    reg = registry(backend)
+    cache = KVCache([paddle.randn([8, 3]), paddle.randn([8, 3])])  # 8 slots: static, not batched
+    scale = paddle.to_tensor([2.0])
+
+    def step(*, x, extra, inputs, meta, cache):
+        h = x + extra[0] * extra[1] + inputs["mask"] * meta.seq_lens.unsqueeze(-1).astype("float32")
+        if meta.causal:
+            h = h * meta.scale
+        return h + cache.keys[0][:1] - cache.keys[1][1:2] * cache.layers
+
+    graphed = reg.graphed("tree", batch_arg="x")(step)
+    for n in (3, 4, 2, 3):
+        args = dict(
+            x=rows(n), extra=[rows(n), rows(n)], inputs={"mask": rows(n)},
+            meta=ForwardMeta(seq_lens=paddle.arange(n), scale=scale), cache=cache,
+        )
+        assert_same(graphed(**args), step(**args))
+    assert reg.stats()["graphs"] == 2 and reg.stats()["captures"] == 2
+    # Where each leaf went: batched leaves got staging buffers by path, static ones none.
+    assert {"x", "extra[0]", "extra[1]", "inputs['mask']", "meta.seq_lens"} <= set(graphed.staging)
+    assert "meta.scale" not in graphed.staging and "cache.keys[0]" not in graphed.staging
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_unhashable_leaf_names_its_path(backend):
+    reg = registry(backend)
+    graphed = reg.graphed("t", batch_arg="x")(lambda x, kv: x + kv[0])
+    with pytest.raises(CaptureError, match=r"argument 'kv\[1\]' of type ndarray is not hashable.*pass it as a tensor"):
+        graphed(x=rows(3), kv=(rows(3), np.ones(3)))
+    assert reg.stats()["captures"] == 0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_structure_never_raises_for_an_eager_batch(backend):
+    reg = registry(backend)
+
+    def step(x, kv):
+        return x + kv[0] + float(kv[1].sum())
+
+    graphed = reg.graphed("t", batch_arg="x")(step)
+    kv = [rows(7), np.ones(3)]  # a list with an unhashable leaf, 7 rows > the largest bucket 4
+    x = rows(7)
+    assert_same(graphed(x, kv), step(x, kv))
+    stats = reg.stats()
+    assert stats["eager_fallbacks"] == 1 and stats["captures"] == 0
+    assert stats["fallbacks"] == [
+        {"graph": "t", "bucket": None, "reason": "more rows than the largest capture size 4", "calls": 1}
+    ]
+
+
+# 2. Outputs keep their type ------------------------------------------------------------
+
+Pair = collections.namedtuple("Pair", "logits hidden")
+
+
+@dataclasses.dataclass
+class StepOutput:
+    logits: paddle.Tensor
+    hidden: paddle.Tensor
+    note: str = "done"
+
+
+def output_kinds():
+    yield "namedtuple", lambda a, b: Pair(a, b)
+    yield "ordered_dict", lambda a, b: collections.OrderedDict([("logits", a), ("hidden", b)])
+    yield "dataclass", lambda a, b: StepOutput(a, b)
+    yield "list_with_constant", lambda a, b: [a, (b, None), 7]
+    yield "nested_dict", lambda a, b: {"out": {"logits": a}, "hidden": [b]}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kind", [name for name, _ in output_kinds()])
+def test_outputs_keep_their_type(backend, kind):
+    build = dict(output_kinds())[kind]
+    reg = registry(backend)
+    w = paddle.randn([3, 3])
+
+    def step(*, x):
+        return build(paddle.matmul(x, w), x * 2)
+
+    graphed = reg.graphed("t", batch_arg="x")(step)
+    for n in (4, 3):
+        x = rows(n)
+        assert_same(graphed(x=x), step(x=x))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_model_output_keeps_its_type(backend):
+    outputs = paddleformers_transformers().model_outputs
+    reg = registry(backend)
+
+    def step(*, x):
+        return outputs.CausalLMOutputWithPast(logits=x * 3)
+
+    graphed = reg.graphed("t", batch_arg="x")(step)
+    x = rows(3)
+    got = graphed(x=x)
+    assert_same(got, step(x=x))
+    np.testing.assert_array_equal(got.logits.numpy(), (x * 3).numpy())  # attribute access works
+    assert got.loss is None and list(got.keys()) == ["logits"]
+
+
+# 3. Classification follows each call -----------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_classification_follows_each_calls_shapes(backend):
+    reg = registry(backend, capture_sizes=(1, 2, 4))
+    bias = paddle.randn([1, 3])
+
+    def step(*, x, bias):
+        return x + bias
+
+    graphed = reg.graphed("t", batch_arg="x")(step)
+    for n in (1, 4, 1, 3):  # batch 1 makes the [1, 3] bias look batched; batch 4 must not be refused
+        x = rows(n)
+        assert_same(graphed(x=x, bias=bias), step(x=x, bias=bias))
+    # Bucket 1 with the bias batched, bucket 4 with it static; rows 3 reuse bucket 4's graph.
+    assert reg.stats()["graphs"] == 2
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_argument_order_never_matters(backend):
+    reg = registry(backend)
+    w = paddle.randn([3, 3])
+
+    def step(x, w, *, shift=1.0):
+        return paddle.matmul(x, w) + shift
+
+    graphed = reg.graphed("t", batch_arg="x")(step)
+    x = rows(2)  # not 3 rows: a [3, 3] weight would then look batched (name it in static_args)
+    want = step(x, w, shift=2.0)
+    assert_same(graphed(x, w, shift=2.0), want)
+    assert_same(graphed(w=w, x=x, shift=2.0), want)
+    assert_same(graphed(shift=2.0, x=x, w=w), want)
+    assert reg.stats()["graphs"] == 1 and reg.stats()["replays"] == 3
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_role_overrides_by_path(backend):
+    reg = registry(backend)
+
+    def step(*, x, state):
+        return x + state["table"].sum() + state["rows"]
+
+    graphed = reg.graphed("t", batch_arg="x", static_args=["state['table']"])(step)
+    table = paddle.randn([4, 3])  # 4 rows, like a batch of 4, but a table
+    for n in (4, 3):
+        state = {"table": table, "rows": rows(n)}
+        x = rows(n)
+        assert_same(graphed(x=x, state=state), step(x=x, state=state))
+    assert "state['table']" not in graphed.staging and "state['rows']" in graphed.staging
+    with pytest.raises(CaptureError, match="both static_args and batched_args"):
+        reg.graphed("u", batch_arg="x", static_args=["a"], batched_args=["a"])(step)
+
+
+# 4. State of its own is caught at capture ------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_python_held_state_raises_at_capture(backend):
+    reg = registry(backend)
+    held = {"past": paddle.zeros([4, 3])}
+
+    def step(*, x):
+        # DynamicCache-style: the cache is replaced by a new tensor every call.
+        held["past"] = held["past"] + x
+        return held["past"] * 1.0
+
+    graphed = reg.graphed("t", batch_arg="x")(step)
+    with pytest.raises(CaptureSafetyError, match=r"output of warmup 1 and warmup 2 differ.*registry buffer"):
+        graphed(x=rows(4))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_undeclared_counter_argument_raises_and_is_restored(backend):
+    reg = registry(backend)
+    counter = paddle.to_tensor([5.0])
+
+    def step(*, x, counter):
+        paddle.assign(counter + 1, output=counter)
+        return x * counter
+
+    graphed = reg.graphed("t", batch_arg="x")(step)
+    with pytest.raises(CaptureSafetyError, match="changed its static argument 'counter' in place"):
+        graphed(x=rows(3), counter=counter)
+    assert counter.numpy().tolist() == [5.0]  # the warmups' advances were put back
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_host_read_of_state_raises_inside_allow_host_reads(backend):
+    reg = registry(backend)
+    counter = paddle.to_tensor([1.0])
+
+    def step(*, x):
+        with allow_host_reads(reason="a step counter read on the host"):
+            step_number = float(counter.item())
+        paddle.assign(counter + 1, output=counter)
+        return x * step_number
+
+    graphed = reg.graphed("t", batch_arg="x")(step)
+    with pytest.raises(CaptureSafetyError, match="differ on the same inputs"):
+        graphed(x=rows(3))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_writing_a_batched_argument_raises(backend):
+    reg = registry(backend)
+
+    def step(*, x, out):
+        paddle.assign(x * 2, output=out)  # writes the caller's tensor: a staged copy would swallow it
+        return x
+
+    graphed = reg.graphed("t", batch_arg="x")(step)
+    with pytest.raises(CaptureSafetyError, match="writes into its batched argument 'out'"):
+        graphed(x=rows(3), out=paddle.zeros([3, 3]))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_impure_capture_can_run_eagerly_instead(backend):
+    reg = registry(backend, on_unsafe_capture="eager")
+    counter = paddle.to_tensor([5.0])
+
+    def step(*, x, counter):
+        paddle.assign(counter + 1, output=counter)
+        return x * counter
+
+    graphed = reg.graphed("t", batch_arg="x")(step)
+    x = rows(3)
+    np.testing.assert_array_equal(graphed(x=x, counter=counter).numpy(), (x * 6.0).numpy())
+    assert counter.numpy().tolist() == [6.0]  # exactly one step's advance: eager semantics
+    [fallback] = reg.stats()["fallbacks"]
+    assert fallback["bucket"] == 4 and "counter" in fallback["reason"]
+
+
+# 5. What the graph reads besides its arguments ------------------------------------------
+
+
+class TinyModel(paddle.nn.Layer):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = paddle.nn.Linear(3, 3)
+        self.norm = paddle.nn.LayerNorm(3)
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        return self.norm(self.lin(x))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_layer_parameter_rebound_by_a_weight_reload(backend):
+    reg = registry(backend)
+    model = TinyModel()
+    graphed = reg.graphed("t", batch_arg="x")(model.forward)
+    x = rows(4)
+    assert_same(graphed(x), model(x))
+    reloaded = paddle.create_parameter([3, 3], "float32")
+    reloaded.set_value(paddle.randn([3, 3]))
+    model.lin.weight = reloaded  # a reload that rebinds instead of writing in place
+    with pytest.raises(AddressStabilityError, match=r"t\[bucket 4\]: self\.lin\.weight now holds another"):
+        graphed(x)
+    model.lin.weight.set_value(paddle.randn([3, 3]))  # in place: no error, and the graph sees it after reset
+    reg.reset()
+    assert_same(graphed(x), model(x))
+
+
+def test_layer_parameter_rebound_gives_stale_results_unchecked():
+    # The bug itself, on the backend that reads memory like a device graph.
+    reg = registry("static", debug_checks=False)
+    model = TinyModel()
+    graphed = reg.graphed("t", batch_arg="x")(model.forward)
+    x = rows(4)
+    before = graphed(x).clone()
+    model.lin.weight = paddle.create_parameter([3, 3], "float32")
+    model.lin.weight.set_value(paddle.ones([3, 3]))
+    assert not np.array_equal(model(x).numpy(), before.numpy())
+    np.testing.assert_array_equal(graphed(x).numpy(), before.numpy())  # silently the old weights
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_rebound_parameter_recaptures_when_asked(backend):
+    reg = registry(backend, on_rebind="recapture")
+    model = TinyModel()
+    graphed = reg.graphed("t", batch_arg="x")(lambda x: model(x) * 2)
+    x = rows(4)
+    assert_same(graphed(x=x), model(x) * 2)
+    model.lin = paddle.nn.Linear(3, 3)  # a whole sublayer swapped
+    assert_same(graphed(x=x), model(x) * 2)
+    assert reg.stats()["recaptures"] == 1 and reg.stats()["graphs"] == 1
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_cache_tensor_reallocated_inside_an_argument_object(backend):
+    reg = registry(backend)
+    cache = KVCache([paddle.randn([8, 3])])
+
+    def step(*, x, cache):
+        return x + cache.keys[0][:1]
+
+    graphed = reg.graphed("t", batch_arg="x")(step)
+    x = rows(4)
+    assert_same(graphed(x=x, cache=cache), step(x=x, cache=cache))
+    cache.keys[0] = paddle.randn([8, 3])  # re-allocated, as a growing cache does
+    with pytest.raises(AddressStabilityError, match=r"static argument 'cache\.keys\[0\]' is not the tensor"):
+        graphed(x=x, cache=cache)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_layer_passed_as_an_argument_is_checked(backend):
+    reg = registry(backend)
+    model = TinyModel()
+    graphed = reg.graphed("t", batch_arg="x")(lambda x, model: model(x))
+    x = rows(4)
+    assert_same(graphed(x=x, model=model), model(x))
+    model.norm.weight = paddle.create_parameter([3], "float32")
+    with pytest.raises(AddressStabilityError, match=r"model\.norm\.weight"):
+        graphed(x=x, model=model)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_in_place_reallocation_of_a_parameter(backend):
+    reg = registry(backend, address_check_interval=1)
+    model = TinyModel()
+    graphed = reg.graphed("t", batch_arg="x")(model.forward)
+    x = rows(4)
+    graphed(x)
+    model.lin.bias.copy_(paddle.ones([6]), False)  # a different-shaped copy_ reallocates in place
+    with pytest.raises(AddressStabilityError, match=r"self\.lin\.bias moved"):
+        graphed(x)
+
+
+def test_static_program_reads_only_what_the_scan_names():
+    reg = registry("static")
+    model = TinyModel()
+    scale = paddle.to_tensor([3.0])
+
+    def step(*, x):
+        return model(x) * scale
+
+    graphed = reg.graphed("t", batch_arg="x")(step)
+    graphed(x=rows(4))
+    [entry] = graphed._entries.values()
+    # The traced program's captured inputs, minus graphcap's own buffers, are all named by the scan.
+    assert sorted(entry.check.watched_paths) == sorted(
+        ["model.lin.weight", "model.lin.bias", "model.norm.weight", "model.norm.bias", "scale"]
+    )
+
+
+# 6. Capture failures say why ---------------------------------------------------------------
+
+
+class FailingBackend(EagerBackend):
+    """The eager backend, except capturing fails the way a device capture can."""
+
+    def capture(self, run, label, reachable=None):
+        raise RuntimeError("cudaErrorStreamCaptureUnsupported: operation not permitted when stream is capturing")
+
+
+def test_capture_failure_names_its_root_cause(caplog):
+    reg = CaptureRegistry(GraphConfig(use_graph=True, capture_sizes=(4,)), backend=FailingBackend())
+    graphed = reg.graphed("t", batch_arg="x")(lambda x: x * 2)
+    x = rows(3)
+    with caplog.at_level(logging.DEBUG, logger="graphcap"):
+        for _ in range(2):
+            assert_same(graphed(x=x), x * 2)
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    first_line = warnings[0].getMessage().splitlines()[0]
+    assert first_line.startswith("t[bucket 4]: capture failed on the eager backend: RuntimeError: "
+                                 "cudaErrorStreamCaptureUnsupported")
+    assert "runs eagerly" in first_line
+    assert any(r.levelno == logging.DEBUG and r.exc_info for r in caplog.records)  # the traceback, at DEBUG
+    stats = reg.stats()
+    assert stats["capture_failures"] == 1 and stats["eager_fallbacks"] == 2
+    assert stats["fallbacks"][0]["bucket"] == 4 and "cudaErrorStreamCaptureUnsupported" in stats["fallbacks"][0]["reason"]
+
+
+def test_capture_failure_can_be_fatal():
+    reg = CaptureRegistry(GraphConfig(use_graph=True, capture_sizes=(4,), on_capture_failure="raise"),
+                          backend=FailingBackend())
+    graphed = reg.graphed("t", batch_arg="x")(lambda x: x * 2)
+    with pytest.raises(CaptureError, match="capture failed on the eager backend: RuntimeError: cudaError") as info:
+        graphed(x=rows(3))
+    assert isinstance(info.value.__cause__, RuntimeError)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_paddleformers_llama_out_of_the_box(backend, tiny_llama):
+    reg = registry(backend)
+
+    @reg.graphed("llama", batch_arg="input_ids")
+    def forward(input_ids):
+        return tiny_llama(input_ids=input_ids, use_cache=False, return_dict=True)
+
+    for n in (4, 3):
+        ids = paddle.randint(0, 128, [n, 6])
+        got = forward(ids)
+        # The graph computed a padded batch of 4: Paddle's CPU reductions round by tensor
+        # size, so the direct call runs on the same padded rows (bit-exact comparison).
+        padded = paddle.concat([ids, paddle.zeros([4 - n, 6], dtype=ids.dtype)]) if n < 4 else ids
+        want = tiny_llama(input_ids=padded, use_cache=False, return_dict=True)
+        assert type(got) is type(want)
+        np.testing.assert_array_equal(got.logits.numpy(), want.logits.numpy()[:n])
+    stats = reg.stats()
+    assert stats["capture_failures"] == 0 and stats["graphs"] == 1 and stats["replays"] == 2
+
+
+def test_paddleformers_llama_program_inputs_are_named(tiny_llama):
+    reg = registry("static", capture_sizes=(2,))
+    graphed = reg.graphed("llama", batch_arg="input_ids")(
+        lambda input_ids: tiny_llama(input_ids=input_ids, use_cache=False, return_dict=True).logits
+    )
+    graphed(input_ids=paddle.randint(0, 128, [2, 4]))
+    [entry] = graphed._entries.values()
+    names = {name for name, _ in tiny_llama.named_parameters()} | {name for name, _ in tiny_llama.named_buffers()}
+    watched = set(entry.check.watched_paths)
+    # Every tensor the traced program reads is named by the path the scan reached it by.
+    assert watched == {f"tiny_llama.{name}" for name in names}
+
+
+# 7. The static backend runs functions as Python defines them -------------------------------
+
+
+def loop_bound_defaults():
+    made = []
+    for scale in (2.0, 3.0):
+
+        def step(*, x, scale=scale):
+            return x * scale
+
+        made.append(step)
+    return made
+
+
+class Scaler:
+    def __init__(self, factor: float) -> None:
+        self.factor = paddle.to_tensor([factor])
+
+    def apply(self, x: paddle.Tensor, offset: float = 1.0) -> paddle.Tensor:
+        return x * self.factor + offset
+
+
+def make_closure():
+    w = paddle.randn([3, 3])
+
+    def step(x):
+        return paddle.matmul(x, w)
+
+    return step
+
+
+def partial_target(x, *, w, bias):
+    return paddle.matmul(x, w) + bias
+
+
+def callables():
+    first, second = loop_bound_defaults()
+    yield "loop_default", first
+    yield "loop_default_2", second
+    yield "closure", make_closure()
+    yield "lambda", lambda x: x * x - 1
+    yield "partial", functools.partial(partial_target, w=paddle.randn([3, 3]), bias=1.5)
+    yield "method", Scaler(2.5).apply
+    yield "layer", TinyModel()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kind", [name for name, _ in callables()])
+def test_functions_as_python_defines_them(backend, kind):
+    fn = dict(callables())[kind]
+    reg = registry(backend)
+    graphed = reg.graphed("t", batch_arg="x")(fn)
+    for n in (4, 2, 4):
+        x = rows(n)
+        assert_same(graphed(x=x), fn(x=x))
+    stats = reg.stats()
+    assert stats["capture_failures"] == 0 and stats["graphs"] == 2 and stats["replays"] == 3
+
+
+# 8. A bounded number of graphs per bucket ---------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_varying_values_stop_at_max_graphs_per_bucket(backend):
+    reg = registry(backend, max_graphs_per_bucket=2)
+
+    def step(*, x, step_number):
+        return x + step_number
+
+    graphed = reg.graphed("t", batch_arg="x")(step)
+    for step_number in range(4):  # a Python int that changes every call is part of the key
+        x = rows(4)
+        assert_same(graphed(x=x, step_number=step_number), step(x=x, step_number=step_number))
+    stats = reg.stats()
+    assert stats["graphs"] == 2 and stats["eager_fallbacks"] == 2
+    assert "step_number" in stats["fallbacks"][0]["reason"]
