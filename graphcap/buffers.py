@@ -190,13 +190,13 @@ class StaticBuffers:
         if count < capacity and spec.pad != "keep":
             self._pad(buf, spec, count)
 
-    def stage(self, name: str, value: paddle.Tensor, rows: int, bucket: int) -> None:
-        """Copy ``value`` (``rows`` rows) into buffer ``name`` in place and pad rows ``[rows:bucket]``.
+    def stage(self, name: str, value: paddle.Tensor, rows: int, end: int) -> None:
+        """Copy ``value`` (``rows`` rows) into buffer ``name`` in place and pad rows ``[rows:end]``.
 
         The replay path's write: the caller guarantees ``value``'s dtype and
-        row shape (a graph key holds them), so only the in-place reshape that
-        would strand a graph is checked. Rows past ``bucket`` are not read by
-        that bucket's graph and are left alone.
+        row shape (a graph key holds them), so only an in-place reshape that
+        would strand a graph is checked. A ``value`` that already is the
+        buffer's prefix (zero-copy) is not copied; the padding still runs.
         """
         buf, spec, _, _, capacity = self._slots[name]
         if buf.shape[0] != capacity:
@@ -206,8 +206,8 @@ class StaticBuffers:
             )
         if rows and value.data_ptr() != buf.data_ptr():
             buf[:rows] = value
-        if rows < bucket and spec.pad != "keep":
-            self._pad(buf, spec, rows, bucket)
+        if rows < end and spec.pad != "keep":
+            self._pad(buf, spec, rows, end)
 
     @staticmethod
     def _reject(spec: BufferSpec, value: paddle.Tensor, shape: list[int]) -> None:

@@ -34,15 +34,22 @@ __all__ = ["BATCHED", "STATIC", "Dispatch", "Dispatcher", "GraphKey", "leaf_is_b
 
 STATIC = "static"
 BATCHED = "batched"
+# id(paddle dtype) -> name: Paddle's dtype objects are singletons.
+_DTYPE_NAMES = {
+    id(getattr(paddle, name)): name
+    for name in ("float32", "float16", "bfloat16", "float64", "int64", "int32", "int16", "int8", "uint8", "bool",
+                 "complex64", "complex128")
+    if hasattr(paddle, name)
+}
 _MAX_TREES = 1024
 
 
 class GraphKey(NamedTuple):
     """The fewest fields that identify one graph: which function, bucket, argument tree and leaf layout.
 
-    ``layout`` has one entry per tensor leaf: ``("static", dtype, shape)`` or
-    ``("batched", dtype, trailing shape, source)`` where ``source`` is the
-    registry buffer read in place, or ``""`` for a staging buffer.
+    ``layout`` has one entry per tensor leaf: ``("static", dtype name, shape)``
+    or ``("batched", dtype name, trailing shape, source)`` where ``source`` is
+    the registry buffer read in place, or ``""`` for a staging buffer.
     """
 
     name: str
@@ -90,6 +97,7 @@ class Dispatcher:
         self.registry_buffers = registry_buffers
         self.static_args = frozenset(static_args)
         self.batched_args = frozenset(batched_args)
+        self._has_overrides = bool(self.static_args or self.batched_args)
         overlap = self.static_args & self.batched_args
         if overlap:
             raise CaptureError(f"{name}: {sorted(overlap)} named in both static_args and batched_args; pick one")
@@ -109,7 +117,11 @@ class Dispatcher:
         return batch.shape[0]
 
     def decide(self, bound: Mapping[str, Any]) -> Dispatch:
-        """Eager (zero rows, more rows than the largest bucket) or the key of the graph to replay."""
+        """Eager (zero rows, more rows than the largest bucket) or the key of the graph to replay.
+
+        The key is built, not hashed: the caller's dictionary lookup hashes it,
+        and an unhashable non-tensor leaf surfaces there (``unhashable``).
+        """
         rows = self.rows_of(bound)
         bucket = self.buckets.bucket(rows)
         if bucket == 0:
@@ -117,33 +129,56 @@ class Dispatcher:
         if bucket is None:
             return Dispatch(rows, None, [], f"more rows than the largest capture size {self.buckets.largest}")
         tree, leaves = pytree.flatten_arguments(bound)
-        try:
-            info = self._trees.get(tree)
-        except TypeError:
-            raise self._unhashable(tree) from None
-        if info is None:
-            info = self._tree_info(tree)
-        self._refresh_registry()
+        overrides = self._overrides(tree) if self._has_overrides else None
+        if self.registry_buffers.generation != self._owned_generation:
+            self._refresh_registry()
         owned, views = self._owned, self._views
         batch = bound[self.batch_arg]
         layout = []
-        for leaf, path, override in zip(leaves, info.paths, info.overrides):
-            shape = leaf.shape
+        append = layout.append
+        # The replay path: every tensor leaf costs a shape, a dtype and (with
+        # registry buffers to match) a data_ptr; dtypes enter the key by name,
+        # since hashing Paddle's dtype objects costs more than the lookup.
+        for index, leaf in enumerate(leaves):
+            override = overrides[index] if overrides is not None else None
+            shape = tuple(leaf.shape)
+            dtype = leaf.dtype
+            dtype_key = _DTYPE_NAMES.get(id(dtype)) or dtype_name(dtype)
             if leaf is batch or override == BATCHED or (
                 override is None and shape and shape[0] == rows and id(leaf) not in owned
             ):
                 if not shape or shape[0] != rows:
                     raise CaptureError(
-                        f"{self.name}: {path!r} is declared batched but has shape {list(shape)} "
-                        f"while the batch has {rows} rows; give it the batch's rows or remove it from batched_args"
+                        f"{self.name}: {self.paths(tree)[index]!r} is declared batched but has shape "
+                        f"{list(shape)} while the batch has {rows} rows; give it the batch's rows or remove it "
+                        f"from batched_args"
                     )
-                trailing = tuple(shape[1:])
-                view = views.get(leaf.data_ptr())
-                source = view[0] if view is not None and view[1] == leaf.dtype and view[2] == trailing else ""
-                layout.append((BATCHED, leaf.dtype, trailing, source))
+                source = ""
+                if views:
+                    view = views.get(leaf.data_ptr())
+                    if view is not None and view[1] is dtype and view[2] == shape[1:]:
+                        source = view[0]
+                append((BATCHED, dtype_key, shape[1:], source))
             else:
-                layout.append((STATIC, leaf.dtype, tuple(shape)))
+                append((STATIC, dtype_key, shape))
         return Dispatch(rows, GraphKey(self.name, bucket, tree, tuple(layout)), leaves, "")
+
+    def unhashable(self, tree: Any) -> CaptureError:
+        """The error for a tree with an unhashable non-tensor leaf, naming its path and the fix."""
+        found = pytree.find_unhashable(tree)
+        path, value = found if found is not None else ("?", None)
+        return CaptureError(
+            f"{self.name}: argument {path!r} of type {type(value).__name__} is not hashable, and non-tensor "
+            f"arguments are part of the graph key; pass it as a tensor, as a hashable value (a tuple, not a "
+            f"list of numbers), or bind it outside the call (a closure or functools.partial)"
+        )
+
+    def _overrides(self, tree: Any) -> tuple[str | None, ...]:
+        try:
+            info = self._trees.get(tree)
+        except TypeError:
+            raise self.unhashable(tree) from None
+        return (info if info is not None else self._tree_info(tree)).overrides
 
     def paths(self, tree: Any) -> tuple[str, ...]:
         """The path of every tensor leaf of ``tree``."""
@@ -179,19 +214,3 @@ class Dispatcher:
             if buffers.spec(name).capacity >= largest
         }
         self._owned_generation = buffers.generation
-
-    def _unhashable(self, tree: Any) -> CaptureError:
-        found = pytree.find_unhashable(tree)
-        path, value = found if found is not None else ("?", None)
-        return CaptureError(
-            f"{self.name}: argument {path!r} of type {type(value).__name__} is not hashable, and non-tensor "
-            f"arguments are part of the graph key; pass it as a tensor, as a hashable value (a tuple, not a "
-            f"list of numbers), or bind it outside the call (a closure or functools.partial)"
-        )
-
-
-def describe_leaf(entry: tuple[Any, ...]) -> str:
-    """``float32[n, 16]`` for a batched layout entry, ``float32[4, 16]`` for a static one."""
-    if leaf_is_batched(entry):
-        return f"{dtype_name(entry[1])}[n{''.join(f', {dim}' for dim in entry[2])}]"
-    return f"{dtype_name(entry[1])}{list(entry[2])}"

@@ -160,8 +160,15 @@ def flatten_arguments(bound: Mapping[str, Any]) -> tuple[Any, list[Any]]:
     leaves: list[Any] = []
     names = tuple(sorted(bound))
     active: set[int] = set()
-    children = tuple([_flatten(bound[name], leaves, 1, active) for name in names])
-    return ("args", names, children), leaves
+    children = []
+    for name in names:
+        value = bound[name]
+        if isinstance(value, paddle.Tensor):  # the common case, inlined: the replay path runs this
+            leaves.append(value)
+            children.append(TENSOR)
+        else:
+            children.append(_flatten(value, leaves, 1, active))
+    return ("args", names, tuple(children)), leaves
 
 
 # Paths ---------------------------------------------------------------------

@@ -114,7 +114,10 @@ class GraphedFunction:
         key, rows = decision.key, decision.rows
         if key is None:
             return self._eager(bound, rows, None, decision.reason)
-        entry = self._entries.get(key)
+        try:
+            entry = self._entries.get(key)
+        except TypeError:  # a non-tensor leaf that cannot be part of a key
+            raise self._dispatcher.unhashable(key.tree) from None
         if entry is None:
             too_many = self._too_many_graphs(key)
             if too_many:
@@ -200,7 +203,7 @@ class GraphedFunction:
         for bucket in sorted(self.buckets.sizes, reverse=True):
             dummy = dict(example(bucket)) if callable(example) else self._resized(example, bucket)
             decision = self._dispatcher.decide(dummy)
-            if decision.key is not None and decision.key not in self._entries:
+            if decision.key is not None and self._entries.get(decision.key) is None:
                 captured += self._capture(decision.key, dummy, decision.leaves, decision.rows).failure is None
             if self._progress is not None:
                 self._progress.update(1)

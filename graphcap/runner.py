@@ -71,8 +71,10 @@ class GraphEntry:
     outputs: list[paddle.Tensor] = attrs.Factory(list)
     sliced: tuple[bool, ...] = ()
     tree: pytree.OutputTree | None = None
-    # (leaf index, buffers, buffer name, registry-owned): where each batched leaf is staged.
-    sources: tuple[tuple[int, StaticBuffers, str, bool], ...] = ()
+    # (leaf index, buffers, buffer name, pad end): where each batched leaf is staged. A registry
+    # buffer is padded by its own rule over its whole capacity (pad end), as its owner declared
+    # it; a staging buffer (pad end 0) only up to the bucket its graph reads.
+    sources: tuple[tuple[int, StaticBuffers, str, int], ...] = ()
     check: ReplayCheck | None = None
     failure: str | None = None
     replays: int = 0
@@ -142,16 +144,12 @@ class GraphRunner:
     def stage(self, entry: GraphEntry, leaves: Sequence[paddle.Tensor], rows: int) -> None:
         """Write the call's batched leaves into their buffers, padding rows filled by rule."""
         bucket = entry.key.bucket
-        for index, buffers, buffer_name, registry_owned in entry.sources:
-            if registry_owned:
-                # The registry buffer's own padding rule over its whole capacity, as its owner declared.
-                buffers.write(buffer_name, leaves[index], rows=rows)
-            else:
-                buffers.stage(buffer_name, leaves[index], rows, bucket)
+        for index, buffers, buffer_name, pad_end in entry.sources:
+            buffers.stage(buffer_name, leaves[index], rows, pad_end or bucket)
 
     def _sources(
         self, key: GraphKey, paths: Sequence[str]
-    ) -> tuple[tuple[tuple[int, StaticBuffers, str, bool], ...], dict[int, paddle.Tensor]]:
+    ) -> tuple[tuple[tuple[int, StaticBuffers, str, int], ...], dict[int, paddle.Tensor]]:
         sources = []
         views: dict[int, paddle.Tensor] = {}
         for index, (layout, path) in enumerate(zip(key.layout, paths)):
@@ -159,10 +157,11 @@ class GraphRunner:
                 continue
             _, dtype, trailing, source = layout
             if source:
-                buffers, buffer_name, owned = self.registry_buffers, source, True
+                buffers, buffer_name = self.registry_buffers, source
+                pad_end = buffers.spec(source).capacity
             else:
-                buffers, buffer_name, owned = self.staging, self._staging_buffer(path, dtype, trailing), False
-            sources.append((index, buffers, buffer_name, owned))
+                buffers, buffer_name, pad_end = self.staging, self._staging_buffer(path, dtype, trailing), 0
+            sources.append((index, buffers, buffer_name, pad_end))
             views[index] = buffers[buffer_name][: key.bucket]
         return tuple(sources), views
 
@@ -214,7 +213,7 @@ class GraphRunner:
         state = _State(self.registry_buffers.restorable())
         # Purity watches the static leaves that are not declared state, and the staged copies.
         checked = [(path, leaf) for _, path, leaf in static if id(leaf) not in registry_ids]
-        staged = [(paths[index], views[index]) for index, _, _, owned in entry.sources if not owned]
+        staged = [(paths[index], views[index]) for index, _, _, pad_end in entry.sources if not pad_end]
         try:
             # 3-4. Warmup and purity.
             outputs = self._warmups(entry, args, keywords, state, checked, staged)
