@@ -274,7 +274,11 @@ class StaticBuffers:
 
     def restorable(self) -> list[paddle.Tensor]:
         """The buffers declared with ``restore=True`` (snapshotted around captures)."""
-        return [self._tensors[name] for name, spec in self._specs.items() if spec.restore]
+        return [tensor for _, tensor in self.restorable_items()]
+
+    def restorable_items(self) -> list[tuple[str, paddle.Tensor]]:
+        """``(name, tensor)`` of every buffer declared with ``restore=True``."""
+        return [(name, self._tensors[name]) for name, spec in self._specs.items() if spec.restore]
 
     def tensors(self) -> dict[str, paddle.Tensor]:
         """A copy of the name -> tensor mapping (the tensors themselves, not copies)."""

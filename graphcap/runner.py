@@ -97,9 +97,10 @@ class _CaptureFailed(Exception):
 class _State:
     """Snapshots of the restorable registry buffers, put back in place on demand."""
 
-    def __init__(self, tensors: list[paddle.Tensor]) -> None:
-        self.tensors = tensors
-        self.saved = [tensor.clone() for tensor in tensors]
+    def __init__(self, items: list[tuple[str, paddle.Tensor]]) -> None:
+        self.names = [name for name, _ in items]
+        self.tensors = [tensor for _, tensor in items]
+        self.saved = [tensor.clone() for tensor in self.tensors]
 
     def restore(self) -> None:
         # Same-shape assign keeps each buffer's address.
@@ -210,7 +211,7 @@ class GraphRunner:
         registry_ids = {id(tensor) for tensor in self.registry_buffers.tensors().values()}
         static = [(index, paths[index], leaf) for index, leaf in enumerate(leaves)
                   if not leaf_is_batched(key.layout[index])]
-        state = _State(self.registry_buffers.restorable())
+        state = _State(self.registry_buffers.restorable_items())
         # Purity watches the static leaves that are not declared state, and the staged copies.
         checked = [(path, leaf) for _, path, leaf in static if id(leaf) not in registry_ids]
         staged = [(paths[index], views[index]) for index, _, _, pad_end in entry.sources if not pad_end]
@@ -264,7 +265,7 @@ class GraphRunner:
                     entry.tree = pytree.OutputTree(result)
                 except CaptureError as exc:
                     raise _CaptureFailed(str(exc)) from exc
-            runs.append(_WarmupOutputs.of(result))
+            runs.append(_WarmupOutputs.of(result, state))
             del result
         # The most specific cause first: an argument changed in place, then a write
         # into a staged copy, then outputs that differ for another reason.
@@ -287,11 +288,20 @@ class GraphRunner:
                 f"registry buffer (registry.buffers.adopt(...)) or name it in static_args"
             )
         for attempt, other in enumerate(runs[1:], start=2):
-            self._compare_outputs(entry, runs[0], other, f"warmup {attempt}")
+            self._compare_outputs(entry, runs[0], other, f"warmup {attempt}", state)
         return runs[0]
 
-    def _compare_outputs(self, entry: GraphEntry, first: _WarmupOutputs, other: _WarmupOutputs, what: str) -> None:
+    def _compare_outputs(
+        self, entry: GraphEntry, first: _WarmupOutputs, other: _WarmupOutputs, what: str, state: _State
+    ) -> None:
         assert entry.tree is not None
+        written = first_difference(first.state, other.state)
+        if written is not None:
+            raise CaptureSafetyError(
+                f"{entry.label}: warmup 1 and {what} leave registry buffer {state.names[written]!r} different "
+                f"from the same starting state, so the function's writes depend on something it keeps itself; "
+                f"random numbers must be seeded from an argument or a registry buffer"
+            )
         changed = first_difference(first.values, other.values)
         if changed is not None:
             raise CaptureSafetyError(
@@ -365,12 +375,15 @@ class GraphRunner:
                 entry.release()
                 raise _CaptureFailed(failures.root_cause(exc)) from exc
         changed = first_difference(first.values, host_copies(entry.outputs))
-        if changed is not None:
+        written = first_difference(first.state, host_copies(state.tensors))
+        if changed is not None or written is not None:
             entry.release()
+            what = (f"{entry.tree.paths[changed]}" if changed is not None
+                    else f"write into registry buffer {state.names[written]!r}")
             raise _CaptureFailed(
-                f"the captured graph's {entry.tree.paths[changed]} differs from the eager warmup's on the same "
-                f"inputs (the backend did not reproduce the function; an in-place Tensor method such as add_() "
-                f"is dropped by to_static: use paddle.assign(x, output=t))"
+                f"the captured graph's {what} differs from the eager warmup's on the same inputs (the backend "
+                f"did not reproduce the function: to_static drops in-place Tensor methods such as add_() and "
+                f"rounds integer constants near 2^63; use paddle.assign(x, output=t) and int64 tensors)"
             )
 
     def _fail(self, entry: GraphEntry, reason: str, exc: BaseException) -> GraphEntry:
@@ -409,20 +422,22 @@ class GraphRunner:
 
 @attrs.frozen
 class _WarmupOutputs:
-    """Host copies of one warmup's tensor outputs, their shapes and dtypes, and its constants."""
+    """Host copies of one warmup's tensor outputs (shapes, dtypes), its constants and the state it left."""
 
     values: list[Any]
     specs: list[tuple[list[int], Any]]
     constants: tuple[tuple[str, Any], ...]
+    state: list[Any]  # the restorable registry buffers after the run
 
     @classmethod
-    def of(cls, result: Any) -> _WarmupOutputs:
-        """Copy ``result``'s tensors to the host now, before the next run overwrites anything."""
+    def of(cls, result: Any, state: _State) -> _WarmupOutputs:
+        """Copy ``result``'s tensors and the declared state the run left to the host, before the next run."""
         leaves = pytree.output_leaves(result)
         return cls(
             values=host_copies(leaves),
             specs=[(list(leaf.shape), leaf.dtype) for leaf in leaves],
             constants=pytree.output_constants(result),
+            state=host_copies(state.tensors),
         )
 
 

@@ -22,7 +22,8 @@ classification frozen by the first call                test_classification_follo
 state frozen into the graph with no error              test_python_held_state_raises_at_capture,
                                                        test_undeclared_counter_argument_raises_and_is_restored,
                                                        test_host_read_of_state_raises_inside_allow_host_reads,
-                                                       test_writing_a_batched_argument_raises
+                                                       test_writing_a_batched_argument_raises,
+                                                       test_a_graph_whose_state_writes_differ_from_eager_is_refused
 rebinding what the graph reads, not handed to it       test_layer_parameter_rebound_by_a_weight_reload,
                                                        test_cache_tensor_reallocated_inside_an_argument_object,
                                                        test_in_place_reallocation_of_a_parameter,
@@ -344,6 +345,27 @@ def test_writing_a_batched_argument_raises(backend):
     graphed = reg.graphed("t", batch_arg="x")(step)
     with pytest.raises(CaptureSafetyError, match="writes into its batched argument 'out'"):
         graphed(x=rows(3), out=paddle.zeros([3, 3]))
+
+
+def test_a_graph_whose_state_writes_differ_from_eager_is_refused():
+    # to_static rounds Python int constants near 2^63, so this modular seed advance is
+    # right eagerly and wrong in the trace; the outputs agree, only the state write differs.
+    reg = registry("static", capture_sizes=(4,))
+    seed = reg.buffers.declare("infer_seed", [4], "int64", pad="keep")
+    seed[:] = 1000
+    limit = 9223372036854775806 - 4
+
+    def step(*, x):
+        s = reg.buffers.infer_seed
+        paddle.assign(paddle.where(s >= limit, s - limit, s + 4), output=s)
+        return x * 2
+
+    graphed = reg.graphed("t", batch_arg="x")(step)
+    x = rows(4)
+    assert_same(graphed(x=x), x * 2)
+    assert seed.numpy().tolist() == [1004] * 4  # the step ran once, eagerly, and right
+    [fallback] = reg.stats()["fallbacks"]
+    assert "write into registry buffer 'infer_seed' differs from the eager warmup" in fallback["reason"]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

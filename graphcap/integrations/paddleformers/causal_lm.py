@@ -1,0 +1,296 @@
+"""``GraphedCausalLM``: a PaddleFormers causal LM decoding through graphcap's graphs, with a static cache.
+
+The model's own ``forward`` runs in every step; graphcap only owns the
+buffers around it. One decode step, for ``R`` active slots:
+
+1. *Stage* (host -> registry buffers, in place): each row's last token,
+   position (its length so far), slot, and a 4-D boolean attention mask
+   ``[R, 1, 1, max_len]`` that admits positions ``<= position``.
+2. *Graph* (``decode``, bucketed on rows): the model writes the rows' keys
+   and values into the ``StaticCache`` at (slot, position) and attends over
+   the whole slot, masked; the last position's logits give the token (argmax,
+   or top-p/top-k sampling through ``build_sampling_params`` with each
+   request's own seed stream, advanced in place). Padding rows point at the
+   cache's scratch slot and attend position 0 of it, so they write nothing a
+   request reads.
+3. *Commit* (host): tokens appended, finished requests free their slot.
+
+Prefill is eager and per request (prompts have their own lengths), into the
+request's slot. ``generate`` runs continuous batching over ``max_batch``
+slots: requests beyond that wait, and a slot freed by a finished request is
+refilled before the next decode step.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+import numpy as np
+import paddle
+
+from graphcap.config import GraphConfig
+from graphcap.errors import ConfigError
+from graphcap.integrations.paddleformers.cache import StaticCache
+from graphcap.ops.sampling_params import MAX_INFER_SEED
+from graphcap.registry import CaptureRegistry
+from graphcap.sampling import sample_plain
+
+logger = logging.getLogger("graphcap")
+
+__all__ = ["GraphedCausalLM"]
+
+# Request i's seed stream starts 2^32 after request i-1's, so streams that
+# advance by 4 per token never meet within a generation.
+_SEED_STRIDE = 1 << 32
+
+
+@attrs.define
+class _Request:
+    index: int
+    prompt: list[int]
+    slot: int = -1
+    length: int = 0  # positions written into the cache
+    generated: list[int] = attrs.Factory(list)
+    done: bool = False
+
+
+class GraphedCausalLM:
+    """Greedy or sampled generation for a PaddleFormers causal LM, its decode steps graphed.
+
+    ``config.use_graph`` turns graphs on (off: the same step runs eagerly);
+    the capture sizes are ``config``'s, rows per request 1, capped at
+    ``max_batch``. ``registry`` holds the buffers, the graphs and ``stats()``.
+    """
+
+    def __init__(self, model: paddle.nn.Layer, config: GraphConfig, *, max_batch: int, max_len: int) -> None:
+        """Check the model fits static decoding, allocate the cache and buffers, wrap the decode step."""
+        _check_model(model, max_batch=max_batch, max_len=max_len)
+        self.model = model
+        self.config = config
+        self.max_batch = max_batch
+        self.max_len = max_len
+        self.vocab_size = model.config.vocab_size
+        self.scratch_slot = max_batch
+        self.registry = CaptureRegistry(config)
+        bufs = self.registry.buffers
+        bufs.declare("input_ids", [max_batch, 1], "int64")
+        bufs.declare("position_ids", [max_batch, 1], "int64")
+        bufs.declare("slot_ids", [max_batch], "int64", pad="value", pad_value=self.scratch_slot)
+        # Padding rows repeat row 0's mask: a valid pattern over the scratch slot, never all-masked.
+        bufs.declare("attention_mask", [max_batch, 1, 1, max_len], "bool", pad="copy_row0")
+        bufs.declare("top_p", [max_batch], "float32", pad="keep")
+        bufs.declare("top_k", [max_batch], "int64", pad="keep")
+        # One seed per slot, the scratch slot included (padding rows advance it).
+        bufs.declare("infer_seed", [max_batch + 1], "int64", pad="keep")
+        self.cache = StaticCache.for_model(model, slots=max_batch + 1, max_len=max_len)
+        for name, tensor in self.cache.tensors():
+            bufs.adopt(f"cache.{name}", tensor)
+        sizes = sorted({size for size in config.sizes_for(1) if size <= max_batch} | {max_batch})
+        self.decode_step = self.registry.graphed("decode", batch_arg="input_ids", rows_per_request=1,
+                                                 capture_sizes=sizes)(self._step)
+
+    # The captured region -------------------------------------------------------
+    def _step(
+        self, *, input_ids: paddle.Tensor, position_ids: paddle.Tensor, slot_ids: paddle.Tensor,
+        attention_mask: paddle.Tensor, greedy: bool,
+    ) -> tuple[paddle.Tensor, paddle.Tensor]:
+        """One token for each row: ``(tokens int64 [R], last-position logits [R, vocab])``."""
+        with self.cache.bind(slot_ids, position_ids):
+            out = self.model(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask,
+                             past_key_values=self.cache, use_cache=True, return_dict=True)
+        logits = out.logits[:, -1, :]
+        return self._sample(logits, slot_ids, greedy=greedy), logits
+
+    def _sample(self, logits: paddle.Tensor, slot_ids: paddle.Tensor, *, greedy: bool) -> paddle.Tensor:
+        """Tokens for ``logits`` rows: argmax, or sampled with the rows' slots' seeds (advanced in place)."""
+        if greedy:
+            return paddle.argmax(logits, axis=-1).astype("int64")
+        bufs = self.registry.buffers
+        rows = logits.shape[0]
+        # The rows' seeds, gathered by slot; the op samples with them and advances
+        # this copy in place by 4 modulo MAX_INFER_SEED (exact in int64, which
+        # Paddle's scalar constants near 2^63 are not), then it is scattered back.
+        seeds = paddle.gather(bufs.infer_seed, slot_ids)
+        tokens = sample_plain(logits.astype("float32"), top_p=bufs.top_p[:rows], top_k=bufs.top_k[:rows],
+                              infer_seed=seeds)
+        bufs.infer_seed[slot_ids] = seeds
+        return tokens
+
+    # Prefill and decode ----------------------------------------------------------
+    def prefill(self, slot: int, prompt: Sequence[int], *, greedy: bool = True) -> int:
+        """Run ``prompt`` eagerly into ``slot``'s cache; returns the first generated token."""
+        length = len(prompt)
+        ids = paddle.to_tensor([list(prompt)], dtype="int64")
+        positions = paddle.arange(length, dtype="int64").reshape([1, length])
+        causal = np.tril(np.ones([length, self.max_len], dtype=bool), k=0)
+        causal[:, length:] = False
+        mask = paddle.to_tensor(causal.reshape([1, 1, length, self.max_len]))
+        slot_ids = paddle.to_tensor([slot], dtype="int64")
+        with self.cache.bind(slot_ids, positions):
+            out = self.model(input_ids=ids, position_ids=positions, attention_mask=mask,
+                             past_key_values=self.cache, use_cache=True, return_dict=True)
+        return int(self._sample(out.logits[:, -1, :], slot_ids, greedy=greedy).numpy()[0])
+
+    def decode(self, slots: Sequence[int], tokens: Sequence[int], positions: Sequence[int], *,
+               greedy: bool = True) -> list[int]:
+        """One graphed step: ``tokens[i]`` at ``positions[i]`` of slot ``slots[i]``; returns the next tokens."""
+        rows = len(slots)
+        bufs = self.registry.buffers
+        bufs.write("input_ids", np.asarray(tokens, dtype=np.int64).reshape([rows, 1]))
+        bufs.write("position_ids", np.asarray(positions, dtype=np.int64).reshape([rows, 1]))
+        bufs.write("slot_ids", np.asarray(slots, dtype=np.int64))
+        mask = np.arange(self.max_len)[None, :] <= np.asarray(positions)[:, None]
+        bufs.write("attention_mask", mask.reshape([rows, 1, 1, self.max_len]))
+        next_tokens, _ = self.decode_step(
+            input_ids=bufs.input_ids[:rows], position_ids=bufs.position_ids[:rows], slot_ids=bufs.slot_ids[:rows],
+            attention_mask=bufs.attention_mask[:rows], greedy=greedy,
+        )
+        return next_tokens.numpy().tolist()
+
+    def generate(
+        self,
+        prompts: list[list[int]],
+        max_new_tokens: int,
+        *,
+        greedy: bool = True,
+        top_p: float | None = None,
+        top_k: int | None = None,
+        seed: int | None = None,
+        eos_token_id: int | None = None,
+    ) -> list[list[int]]:
+        """Generate up to ``max_new_tokens`` for every prompt with continuous batching over the slots.
+
+        ``greedy=False`` (or any of ``top_p`` / ``top_k``) samples with
+        per-request seeds: request i starts its stream at ``seed + i * 2^32``.
+        A request stops at ``eos_token_id`` (kept in its output) or at
+        ``max_new_tokens``; its slot then takes the next waiting prompt.
+        """
+        self._check_prompts(prompts, max_new_tokens)
+        sampled = not greedy or top_p is not None or top_k is not None
+        if sampled:
+            self._set_sampling(top_p=1.0 if top_p is None else top_p, top_k=0 if top_k is None else top_k)
+        requests = [_Request(index=index, prompt=list(prompt)) for index, prompt in enumerate(prompts)]
+        waiting = list(requests)
+        active: dict[int, _Request] = {}
+        base_seed = 0 if seed is None else seed
+        while waiting or active:
+            for slot in [slot for slot in range(self.max_batch) if slot not in active]:
+                if not waiting:
+                    break
+                request = waiting.pop(0)
+                request.slot = slot
+                if sampled:
+                    self._seed_slot(slot, (base_seed + request.index * _SEED_STRIDE) % MAX_INFER_SEED)
+                first = self.prefill(slot, request.prompt, greedy=not sampled)
+                request.length = len(request.prompt)
+                self._commit(request, first, max_new_tokens, eos_token_id)
+                if not request.done:
+                    active[slot] = request
+            if not active:
+                continue
+            order = sorted(active)
+            rows = [active[slot] for slot in order]
+            tokens = self.decode(order, [r.generated[-1] for r in rows], [r.length for r in rows],
+                                 greedy=not sampled)
+            for request, token in zip(rows, tokens):
+                request.length += 1
+                self._commit(request, token, max_new_tokens, eos_token_id)
+                if request.done:
+                    del active[request.slot]
+        return [request.generated for request in requests]
+
+    def capture_all(self) -> int:
+        """Capture every decode bucket up front with dummy rows in the scratch slot; returns graphs captured.
+
+        The dummies write only the scratch slot, so requests in flight keep
+        their caches. Both greedy and sampled steps are captured.
+        """
+        if not self.config.use_graph:
+            return 0
+        bufs = self.registry.buffers
+
+        def dummy(rows: int, greedy: bool) -> dict[str, Any]:
+            bufs.write("slot_ids", np.full([rows], self.scratch_slot, dtype=np.int64))
+            bufs.write("position_ids", np.zeros([rows, 1], dtype=np.int64))
+            bufs.write("input_ids", np.zeros([rows, 1], dtype=np.int64))
+            mask = np.zeros([rows, 1, 1, self.max_len], dtype=bool)
+            mask[..., 0] = True
+            bufs.write("attention_mask", mask)
+            return {"input_ids": bufs.input_ids[:rows], "position_ids": bufs.position_ids[:rows],
+                    "slot_ids": bufs.slot_ids[:rows], "attention_mask": bufs.attention_mask[:rows], "greedy": greedy}
+
+        captured = self.decode_step.capture_all(lambda rows: dummy(rows, True))
+        return captured + self.decode_step.capture_all(lambda rows: dummy(rows, False))
+
+    def stats(self) -> dict[str, Any]:
+        """The registry's statistics (captures, replays, eager fallbacks with reasons, padding)."""
+        return self.registry.stats()
+
+    # Host bookkeeping -------------------------------------------------------------
+    def _commit(self, request: _Request, token: int, max_new_tokens: int, eos_token_id: int | None) -> None:
+        request.generated.append(token)
+        if len(request.generated) >= max_new_tokens or (eos_token_id is not None and token == eos_token_id):
+            request.done = True
+
+    def _set_sampling(self, *, top_p: float, top_k: int) -> None:
+        if not 0.0 < top_p <= 1.0:
+            raise ConfigError(f"top_p={top_p} must be in (0, 1]; use 1.0 for no nucleus cut")
+        if top_k < 0:
+            raise ConfigError(f"top_k={top_k} must be >= 0; use 0 for no top-k cut")
+        bufs = self.registry.buffers
+        bufs.write("top_p", np.full([self.max_batch], top_p, dtype=np.float32))
+        bufs.write("top_k", np.full([self.max_batch], top_k, dtype=np.int64))
+
+    def _seed_slot(self, slot: int, seed: int) -> None:
+        seeds = self.registry.buffers.infer_seed
+        seeds[slot] = seed
+
+    def _check_prompts(self, prompts: list[list[int]], max_new_tokens: int) -> None:
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise ConfigError(f"max_new_tokens={max_new_tokens!r} must be a positive integer")
+        for index, prompt in enumerate(prompts):
+            if len(prompt) == 0:
+                raise ConfigError(f"prompt {index} is empty; give every prompt at least one token")
+            need = len(prompt) + max_new_tokens
+            if need > self.max_len:
+                raise ConfigError(
+                    f"prompt {index} has {len(prompt)} tokens and max_new_tokens={max_new_tokens}, which needs "
+                    f"{need} cache positions but max_len={self.max_len}; shorten it or build GraphedCausalLM "
+                    f"with a larger max_len"
+                )
+            bad = [token for token in prompt if not 0 <= int(token) < self.vocab_size]
+            if bad:
+                raise ConfigError(
+                    f"prompt {index} holds token id {bad[0]} outside the vocabulary [0, {self.vocab_size}); "
+                    f"check the tokenizer matches the model"
+                )
+
+
+def _check_model(model: paddle.nn.Layer, *, max_batch: int, max_len: int) -> None:
+    """Refuse, with the fix, a model or size that static-cache decoding cannot serve."""
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(config, "num_hidden_layers"):
+        raise ConfigError(f"{type(model).__name__} has no PaddleFormers config; pass a PaddleFormers causal LM")
+    if max_batch < 1 or max_len < 2:
+        raise ConfigError(f"max_batch={max_batch} must be >= 1 and max_len={max_len} >= 2")
+    if getattr(config, "fuse_rms_norm", False) and not paddle.is_compiled_with_cuda():
+        raise ConfigError(
+            "the model was configured with fuse_rms_norm=True, whose fused kernel runs only on GPU builds of "
+            "Paddle; build its config with fuse_rms_norm=False on this machine"
+        )
+    implementation = getattr(config, "_attn_implementation", "eager")
+    if implementation != "eager":
+        raise ConfigError(
+            f"the model uses _attn_implementation={implementation!r}, whose mask preparation reads the mask on "
+            f"the host every step; build it with _attn_implementation='eager' (a 4-D mask is passed each step)"
+        )
+    positions = getattr(config, "max_position_embeddings", max_len)
+    if max_len > positions:
+        raise ConfigError(
+            f"max_len={max_len} exceeds the model's max_position_embeddings={positions}; use max_len <= {positions}"
+        )
+    if model.training:
+        raise ConfigError(f"{type(model).__name__} is in training mode (dropout); call model.eval() first")
