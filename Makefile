@@ -11,7 +11,7 @@ EXTRAS ?= cpu,test,paddleformers
 # regenerates the committed benchmarks/results/demo.json.
 RUNS := runs
 
-.PHONY: venv op test lint demo bench clean
+.PHONY: venv op test lint demo demo-llama bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ lint: $(STAMP)
 
 demo: op
 	GLOG_minloglevel=2 $(PY) -m graphcap demo --json $(RUNS)/demo.json
+
+# The same demo over a random PaddleFormers Llama through GraphedCausalLM.
+demo-llama: op
+	GLOG_minloglevel=2 $(PY) -m graphcap demo --model llama-tiny --json $(RUNS)/demo_llama.json
 
 bench: op
 	$(PY) -m pip install -q -e '.[$(EXTRAS),bench]'

@@ -7,6 +7,8 @@
   ``device_mtp.png`` when a device run left one).
 * ``capture.json`` -> ``capture.png``: capture seconds per bucket, lazy vs
   ``capture_all`` with gc frozen and running.
+* ``llama.json`` -> ``llama.png``: a PaddleFormers Llama's tokens/s with graphs
+  off, on the eager backend and on the static backend, per batch.
 * ``buckets.png`` (padding waste per policy) is drawn by ``bench_buckets.py``;
   it is reused when present and redrawn from ``buckets.json`` otherwise.
 
@@ -95,6 +97,27 @@ def plot_capture(plt: Any, result: dict[str, Any], path: Path) -> str:
     return f"wrote {path}"
 
 
+def plot_llama(plt: Any, result: dict[str, Any], path: Path) -> str:
+    """Grouped bars of tokens/s per mode at each batch size; returns a one-line note."""
+    rows = result.get("tokens_per_second", [])
+    if not rows:
+        return f"no rows in the llama result; skipped {path.name}"
+    modes = (("off", "graphs off"), ("eager", "graphs on, eager backend"), ("static", "graphs on, static backend"))
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    width = 0.8 / len(modes)
+    for index, (mode, label) in enumerate(modes):
+        positions = [p + (index - 1) * width for p in range(len(rows))]
+        ax.bar(positions, [row["tokens_per_second"][mode] for row in rows], width, label=label)
+    ax.set_xticks(range(len(rows)), [f"batch {row['batch']}" for row in rows])
+    ax.set_ylabel("tokens / s (greedy, median)")
+    ax.set_title("PaddleFormers LlamaForCausalLM (tiny, random) through GraphedCausalLM, CPU")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return f"wrote {path}"
+
+
 def buckets_note(results_dir: Path) -> str:
     """Reuse ``buckets.png`` when present; redraw it from ``buckets.json`` with bench_buckets' plot otherwise."""
     png = results_dir / "buckets.png"
@@ -123,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
         print("plot_results: matplotlib is not installed (pip install -e '.[bench]'); no plots written")
         return 0
     notes = []
-    for name, plotter in (("mtp", plot_mtp), ("device_mtp", plot_mtp), ("capture", plot_capture)):
+    for name, plotter in (("mtp", plot_mtp), ("device_mtp", plot_mtp), ("capture", plot_capture),
+                          ("llama", plot_llama)):
         data = load(args.results / f"{name}.json")
         if data is not None:
             notes.append(plotter(plt, data, args.results / f"{name}.png"))

@@ -31,6 +31,7 @@ STEPS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("buckets", "bench_buckets.py", ()),
     ("sampling_params", "bench_sampling_params.py", ("--rounds", "15", "--inner", "10")),
     ("mtp", "bench_mtp.py", ("--max-new-tokens", "24", "--passes", "2", "--profile")),
+    ("llama", "bench_llama.py", ("--rounds", "5")),
     ("plots", "plot_results.py", ()),
 )
 

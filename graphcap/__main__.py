@@ -21,15 +21,27 @@ def _demo(args: argparse.Namespace) -> int:
     # nothing about the user's model, and it would bury the demo's table.
     warnings.filterwarnings("ignore", message="Tensor do not have 'place' interface", category=UserWarning)
 
+    warnings.filterwarnings("ignore", message="Tensor do not have 'contiguous' interface", category=UserWarning)
+    warnings.filterwarnings("ignore", message="Find variable `kwargs` defined in global scope", category=UserWarning)
+
     modes = ("off", "on") if args.use_graph is None else (("on",) if args.use_graph else ("off",))
     if args.compare:
         modes = ("off", "on")
+    if args.model == "llama-tiny":
+        from graphcap.integrations.paddleformers.demo import LlamaDemoOptions, run_llama_demo
+
+        llama = LlamaDemoOptions(
+            batch_size=args.batch_size, num_prompts=args.num_prompts,
+            max_new_tokens=24 if args.max_new_tokens is None else args.max_new_tokens,
+            backend=args.backend, greedy=args.greedy, modes=modes,
+        )
+        return 0 if run_llama_demo(llama, json_path=args.json)["identical"] else 1
     options = DemoOptions(
         num_speculative_tokens=args.num_speculative_tokens,
         num_model_steps=args.num_model_steps,
         batch_size=args.batch_size,
         num_prompts=args.num_prompts,
-        max_new_tokens=args.max_new_tokens,
+        max_new_tokens=48 if args.max_new_tokens is None else args.max_new_tokens,
         backend=args.backend,
         greedy=args.greedy,
         draft_use_graph=not args.no_draft_graph,
@@ -58,7 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m graphcap", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="run prompts through the MTP loop with graphs off and on")
+    demo = sub.add_parser("demo", help="run prompts through the MTP loop (or a PaddleFormers Llama) with graphs "
+                                       "off and on")
+    demo.add_argument("--model", default="mtp-tiny", choices=("mtp-tiny", "llama-tiny"),
+                      help="mtp-tiny: the built-in LM with its MTP head; llama-tiny: a random PaddleFormers "
+                           "LlamaForCausalLM through GraphedCausalLM (needs graphcap[paddleformers])")
     switch = demo.add_mutually_exclusive_group()
     switch.add_argument("--use-graph", dest="use_graph", action="store_true", default=None,
                         help="run only with graphs on")
@@ -68,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--num-model-steps", type=int, default=None, help="draft steps per decode step (1..k)")
     demo.add_argument("--batch-size", type=int, default=8, help="request slots (max batch)")
     demo.add_argument("--num-prompts", type=int, default=16)
-    demo.add_argument("--max-new-tokens", type=int, default=48)
+    demo.add_argument("--max-new-tokens", type=int, default=None, help="default 48 (mtp-tiny), 24 (llama-tiny)")
     demo.add_argument("--backend", default="static", choices=("auto", "eager", "static", "device"))
     demo.add_argument("--greedy", action="store_true", help="argmax instead of seeded top-p/top-k sampling")
     demo.add_argument("--no-draft-graph", action="store_true", help="keep the draft steps eager")

@@ -33,20 +33,21 @@ def paddleformers_transformers() -> Any:
 
 def tiny_llama_config(**overrides: Any) -> Any:
     """A small ``LlamaConfig`` that runs on CPU: 2 layers, grouped-query attention (4 heads, 2 kv heads)."""
-    transformers = paddleformers_transformers()
-    options = dict(
-        vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=64, fuse_rms_norm=False,  # the fused kernel is GPU-only
-    )
-    options.update(overrides)
-    return transformers.LlamaConfig(**options)
+    paddleformers_transformers()
+    from graphcap.integrations.paddleformers.tiny import tiny_llama_config as config
+
+    return config(**{**TEST_LLAMA, **overrides})
+
+
+# Smaller than the demo's model: the tests build it many times.
+TEST_LLAMA = dict(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
 
 
 @pytest.fixture(scope="module")
 def tiny_llama() -> Any:
     """A randomly initialised PaddleFormers ``LlamaForCausalLM`` in eval mode (no weights are downloaded)."""
-    transformers = paddleformers_transformers()
-    paddle.seed(0)
-    model = transformers.LlamaForCausalLM(tiny_llama_config())
-    model.eval()
-    return model
+    paddleformers_transformers()
+    from graphcap.integrations.paddleformers.tiny import tiny_llama as build
+
+    return build(seed=0, scale=1.0, **TEST_LLAMA)

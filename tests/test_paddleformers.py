@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import paddle
 import pytest
-from conftest import paddleformers_transformers, tiny_llama_config
+from conftest import TEST_LLAMA, paddleformers_transformers, tiny_llama_config
 
 from graphcap import AddressStabilityError, ConfigError, GraphConfig
 
@@ -23,14 +23,11 @@ MAX_NEW = 6
 
 @pytest.fixture(scope="module")
 def llama():
-    transformers = paddleformers_transformers()
-    paddle.seed(0)
-    model = transformers.LlamaForCausalLM(tiny_llama_config())
-    model.eval()
-    with paddle.no_grad():
-        for param in model.parameters():
-            param.set_value(param * 4)  # random init is nearly uniform: scaled, greedy tokens vary
-    return model
+    paddleformers_transformers()
+    from graphcap.integrations.paddleformers.tiny import tiny_llama
+
+    # Random init is nearly uniform: scaled weights make greedy tokens vary.
+    return tiny_llama(seed=0, scale=4.0, **TEST_LLAMA)
 
 
 def graphed(llama, *, use_graph=True, backend="eager", max_batch=4, max_len=16, **options):
