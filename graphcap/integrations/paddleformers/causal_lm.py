@@ -287,6 +287,12 @@ def _check_model(model: paddle.nn.Layer, *, max_batch: int, max_len: int) -> Non
             f"the model uses _attn_implementation={implementation!r}, whose mask preparation reads the mask on "
             f"the host every step; build it with _attn_implementation='eager' (a 4-D mask is passed each step)"
         )
+    window = getattr(config, "sliding_window", None)
+    if window and "sliding_attention" in (getattr(config, "layer_types", None) or []) and window < max_len:
+        raise ConfigError(
+            f"the model has sliding-window layers (sliding_window={window}) but the static cache's mask is a "
+            f"full causal one; use max_len <= {window}"
+        )
     positions = getattr(config, "max_position_embeddings", max_len)
     if max_len > positions:
         raise ConfigError(
