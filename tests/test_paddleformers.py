@@ -200,3 +200,28 @@ def test_core_package_does_not_import_paddleformers():
     code = "import sys, graphcap, graphcap.registry; print('paddleformers' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+def gemma3(sliding_window: int):
+    transformers = paddleformers_transformers()
+    config = transformers.Gemma3TextConfig(
+        vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, max_position_embeddings=64, fuse_rms_norm=False,
+        sliding_window=sliding_window,
+    )
+    paddle.seed(0)
+    model = transformers.Gemma3ForCausalLM(config)
+    model.eval()
+    return model
+
+
+def test_another_model_class_gemma3_matches_its_own_recomputation():
+    model = gemma3(sliding_window=512)
+    prompts = [[5, 9, 17], [7, 7, 1]]
+    want = [full_recompute_greedy(model, prompt, 4) for prompt in prompts]
+    assert graphed(model, backend="static").generate(prompts, 4) == want
+
+
+def test_sliding_windows_shorter_than_the_cache_are_refused():
+    with pytest.raises(ConfigError, match=r"sliding_window=4.*use max_len <= 4"):
+        graphed(gemma3(sliding_window=4), max_len=16)
