@@ -114,6 +114,11 @@ class GraphConfig:
             in a closure or argument object): ``raise`` an
             ``AddressStabilityError`` naming its path (default) or
             ``recapture`` that graph. Registry buffers always raise.
+        sync_ranks: agree across the ranks of a ``paddle.distributed`` group,
+            before staging, on one decision per step (the largest row count,
+            which buckets replay, capture or run eagerly), so graphs holding
+            collectives are replayed and captured in lockstep; see
+            ``graphcap.agreement``. Needs an initialized parallel environment.
         max_graphs_per_bucket: graphs one function may hold for one bucket
             (argument trees with other non-tensor values, shapes or roles);
             past it, calls run eagerly, counted with the arguments that vary.
@@ -135,10 +140,16 @@ class GraphConfig:
     on_capture_failure: str = attrs.field(default="eager", validator=_check_choice(ON_CAPTURE_FAILURE))
     on_rebind: str = attrs.field(default="raise", validator=_check_choice(ON_REBIND))
     max_graphs_per_bucket: int = attrs.field(default=8, validator=_check_int(1))
+    sync_ranks: bool = attrs.field(default=False, validator=_check_bool)
     trace: tuple[int, ...] | str | os.PathLike | None = attrs.field(default=None, converter=_convert_trace)
     max_graphs: int = attrs.field(default=16, validator=_check_int(1))
 
     def __attrs_post_init__(self) -> None:
+        if self.sync_ranks and self.on_rebind == "recapture":
+            raise ConfigError(
+                "'on_rebind' is 'recapture' but 'sync_ranks' is True: a recapture on one rank would run the "
+                "function more often than the other ranks' replays; use on_rebind='raise' with sync_ranks"
+            )
         if self.capture_sizes == "auto" and self.trace is None:
             raise ConfigError(
                 "'capture_sizes' is 'auto' but 'trace' is None; give a trace of batch sizes or explicit sizes"

@@ -116,18 +116,26 @@ class Dispatcher:
             )
         return batch.shape[0]
 
-    def decide(self, bound: Mapping[str, Any]) -> Dispatch:
+    def decide(self, bound: Mapping[str, Any], bucket: int | None = None) -> Dispatch:
         """Eager (zero rows, more rows than the largest bucket) or the key of the graph to replay.
 
-        The key is built, not hashed: the caller's dictionary lookup hashes it,
-        and an unhashable non-tensor leaf surfaces there (``unhashable``).
+        ``bucket`` overrides the bucket of this call's own rows (ranks agreed
+        on a larger one). The key is built, not hashed: the caller's
+        dictionary lookup hashes it, and an unhashable non-tensor leaf
+        surfaces there (``unhashable``).
         """
         rows = self.rows_of(bound)
-        bucket = self.buckets.bucket(rows)
+        if bucket is None:
+            bucket = self.buckets.bucket(rows)
         if bucket == 0:
             return Dispatch(rows, None, [], "")
         if bucket is None:
             return Dispatch(rows, None, [], f"more rows than the largest capture size {self.buckets.largest}")
+        tree, leaves, layout = self.classify(bound, rows)
+        return Dispatch(rows, GraphKey(self.name, bucket, tree, layout), leaves, "")
+
+    def classify(self, bound: Mapping[str, Any], rows: int) -> tuple[Any, list[paddle.Tensor], tuple[Any, ...]]:
+        """``(tree, tensor leaves, layout)`` of one call: the parts of its key that do not depend on the bucket."""
         tree, leaves = pytree.flatten_arguments(bound)
         overrides = self._overrides(tree) if self._has_overrides else None
         if self.registry_buffers.generation != self._owned_generation:
@@ -161,7 +169,7 @@ class Dispatcher:
                 append((BATCHED, dtype_key, shape[1:], source))
             else:
                 append((STATIC, dtype_key, shape))
-        return Dispatch(rows, GraphKey(self.name, bucket, tree, tuple(layout)), leaves, "")
+        return tree, leaves, tuple(layout)
 
     def unhashable(self, tree: Any) -> CaptureError:
         """The error for a tree with an unhashable non-tensor leaf, naming its path and the fix."""

@@ -24,16 +24,20 @@ registry would overwrite each other's inputs.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gc
 import logging
+import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
+import attrs
 import paddle
 
 from graphcap import pytree
+from graphcap.agreement import EAGER, MISSING, READY, RankAgreement
 from graphcap.backends import Backend, make_backend
 from graphcap.binding import CallBinder
 from graphcap.buckets import BucketMap, PaddingStats
@@ -102,11 +106,17 @@ class GraphedFunction:
         )
         self._entries: dict[GraphKey, GraphEntry] = {}
         self._last_call: dict[str, Any] | None = None
+        self._agreement = registry.agreement
+        self._step_agreement = lambda: registry.current_step
+        # (tree, layout) of the last call: the step agreement's prediction of the next key.
+        self._predicted: tuple[Any, tuple[Any, ...]] | None = None
         self._progress: Any = None  # the registry's progress bar during capture_all
 
     # Call path -------------------------------------------------------------
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Run one step: replay the bucket's graph, capturing it first if needed."""
+        if self._agreement is not None:
+            return self._call_in_lockstep(self.binder.bind(args, kwargs))
         if not self.enabled:
             return self.__wrapped__(*args, **kwargs)
         bound = self.binder.bind(args, kwargs)
@@ -114,10 +124,7 @@ class GraphedFunction:
         key, rows = decision.key, decision.rows
         if key is None:
             return self._eager(bound, rows, None, decision.reason)
-        try:
-            entry = self._entries.get(key)
-        except TypeError:  # a non-tensor leaf that cannot be part of a key
-            raise self._dispatcher.unhashable(key.tree) from None
+        entry = self._lookup(key)
         if entry is None:
             too_many = self._too_many_graphs(key)
             if too_many:
@@ -127,20 +134,122 @@ class GraphedFunction:
             self._runner.stage(entry, decision.leaves, rows)
         if entry.failure is not None:
             return self._eager(bound, rows, key.bucket, entry.failure)
+        return self._replay(entry, bound, decision.leaves, rows)
+
+    def _lookup(self, key: GraphKey) -> GraphEntry | None:
+        try:
+            return self._entries.get(key)
+        except TypeError:  # a non-tensor leaf that cannot be part of a key
+            raise self._dispatcher.unhashable(key.tree) from None
+
+    def _replay(self, entry: GraphEntry, bound: dict[str, Any], leaves: list[paddle.Tensor], rows: int) -> Any:
+        """Check, replay and return the outputs sliced to ``rows`` (the inputs are staged)."""
+        bucket = entry.key.bucket
         if self._config.debug_checks:
-            problem = entry.check(decision.leaves)  # type: ignore[misc]
+            problem = entry.check(leaves)  # type: ignore[misc]
             if problem is not None:
-                entry = self._on_problem(entry, problem, bound, decision.leaves, rows)
+                entry = self._on_problem(entry, problem, bound, leaves, rows)
                 if entry.failure is not None:
-                    return self._eager(bound, rows, key.bucket, entry.failure)
+                    return self._eager(bound, rows, bucket, entry.failure)
         entry.graph.replay()  # type: ignore[union-attr]
         entry.replays += 1
         self._stats.count("replays")
-        self.padding.record(rows, key.bucket)
+        self.padding.record(rows, bucket)
         outputs = entry.outputs
-        if rows != key.bucket:
+        if rows != bucket:
             outputs = [out[:rows] if cut else out for out, cut in zip(outputs, entry.sliced)]
         return entry.tree.rebuild(outputs)  # type: ignore[union-attr]
+
+    # Lockstep (sync_ranks) -------------------------------------------------------
+    def _call_in_lockstep(self, bound: dict[str, Any]) -> Any:
+        """One call with every rank of the group: the same bucket, and replay / capture / eager together.
+
+        See ``graphcap.agreement``. Inside ``registry.step()`` the step's
+        agreement (made from each function's last key) decides; otherwise
+        this call agrees on its own, with one collective.
+        """
+        dispatcher = self._dispatcher
+        rows = dispatcher.rows_of(bound)
+        tree, leaves, layout = dispatcher.classify(bound, rows)
+        step = self._step_agreement()
+        if step is not None and self.name in step.states:
+            agreed_rows, states = step.rows_for(self), step.states[self.name]
+        else:
+            agreed = self._agreement.exchange([rows, *self._states(tree, layout)])  # type: ignore[union-attr]
+            agreed_rows, states = agreed[0], agreed[1:]
+        self._predicted = (tree, layout)
+        if rows > agreed_rows:
+            raise CaptureError(
+                f"{self.name}: this call has {rows} rows but the step agreed on {agreed_rows}; pass the step's "
+                f"row count to registry.step(rows=...) (rows of the target step, rows_per_request "
+                f"{self._config.rows_per_request})"
+            )
+        bucket = self.buckets.bucket(agreed_rows)
+        if bucket == 0:
+            return self._eager(bound, rows, None, "")
+        if bucket is None:
+            reason = f"more rows than the largest capture size {self.buckets.largest} on some rank"
+            return self._eager(bound, rows, None, reason)
+        key = GraphKey(self.name, bucket, tree, layout)
+        entry = self._lookup(key)
+        state = states[self.buckets.sizes.index(bucket)]
+        if state == EAGER:
+            if not self.enabled:
+                return self._eager(bound, rows, None, "")
+            local = entry.failure if entry is not None and entry.failure else ""
+            return self._eager(bound, rows, bucket, local or "runs eagerly on another rank (capture failed or "
+                                                        "graphs off there)")
+        if state == MISSING:
+            return self._capture_in_lockstep(key, bound, leaves, rows, entry)
+        if entry is None or entry.failure is not None:
+            # The step predicted another key for this call: run the bucket once, eagerly, on the
+            # padded inputs (the shapes and single execution of a replay); the next agreement
+            # sees this key missing and every rank captures it.
+            self._stats.fallback(self.name, bucket, "the step's agreement predicted another graph key; ran the "
+                                                    "padded bucket eagerly")
+            self.padding.record(rows, bucket)
+            return self._runner.run_padded(key, bound, leaves, rows, dispatcher.paths(tree))
+        self._runner.stage(entry, leaves, rows)
+        return self._replay(entry, bound, leaves, rows)
+
+    def _capture_in_lockstep(
+        self, key: GraphKey, bound: dict[str, Any], leaves: list[paddle.Tensor], rows: int, entry: GraphEntry | None
+    ) -> Any:
+        """Every rank captures ``key``'s bucket now (a rank that had it captures again), then agrees on the outcome."""
+        if entry is not None:
+            entry.release()
+            del self._entries[key]
+        try:
+            entry = self._capture(key, bound, leaves, rows)
+        except BaseException:
+            self._agreement.agree_failed(True)  # type: ignore[union-attr]
+            raise
+        if self._agreement.agree_failed(entry.failure is not None) and entry.failure is None:  # type: ignore[union-attr]
+            entry.failure = "capture failed on another rank"
+            entry.release()
+        if entry.failure is not None:
+            return self._eager(bound, rows, key.bucket, entry.failure)
+        return self._replay(entry, bound, leaves, rows)
+
+    def _states(self, tree: Any, layout: tuple[Any, ...]) -> list[int]:
+        """This rank's state of every bucket for the key ``(tree, layout)``: READY, MISSING or EAGER."""
+        if not self.enabled:
+            return [EAGER] * len(self.buckets.sizes)
+        states = []
+        for bucket in self.buckets.sizes:
+            key = GraphKey(self.name, bucket, tree, layout)
+            entry = self._lookup(key)
+            if entry is None:
+                states.append(EAGER if self._too_many_graphs(key) else MISSING)
+            else:
+                states.append(EAGER if entry.failure is not None else READY)
+        return states
+
+    def predicted_states(self) -> list[int]:
+        """Bucket states for the key of this function's last call (all MISSING before its first)."""
+        if self._predicted is None:
+            return [EAGER if not self.enabled else MISSING] * len(self.buckets.sizes)
+        return self._states(*self._predicted)
 
     def _eager(self, bound: dict[str, Any], rows: int, bucket: int | None, reason: str) -> Any:
         """Run the original function on the caller's arguments; a reason makes it a counted fallback."""
@@ -265,6 +374,20 @@ def _resize_rows(value: paddle.Tensor, rows: int) -> paddle.Tensor:
     return paddle.concat([value] * repeats, axis=0)[:rows]
 
 
+@attrs.frozen
+class StepAgreement:
+    """What the ranks agreed for one step: the largest rows, whether any rank is busy, bucket states."""
+
+    rows: int
+    busy: bool
+    states: dict[str, list[int]]  # graph name -> state per bucket (graphcap.agreement)
+    rows_per_request: int
+
+    def rows_for(self, graphed_fn: GraphedFunction) -> int:
+        """The agreed rows in ``graphed_fn``'s own rows per request."""
+        return math.ceil(self.rows * graphed_fn.rows_per_request / self.rows_per_request)
+
+
 class CaptureRegistry:
     """Owns the backend, the static buffers and every captured graph of one engine.
 
@@ -274,13 +397,23 @@ class CaptureRegistry:
     on each replay. Not thread-safe (see the module docstring).
     """
 
-    def __init__(self, config: GraphConfig | None = None, *, backend: Backend | None = None) -> None:
-        """Create a registry for ``config``; ``backend`` overrides the configured one (tests)."""
+    def __init__(
+        self, config: GraphConfig | None = None, *, backend: Backend | None = None, group: Any = None
+    ) -> None:
+        """Create a registry for ``config``; ``backend`` overrides the configured one (tests).
+
+        With ``config.sync_ranks``, ``group`` is the ``paddle.distributed``
+        group whose ranks agree on every decision (None: the default group);
+        a group of one rank needs no agreement and pays no collective.
+        """
         self.config = config if config is not None else GraphConfig()
         self.backend: Backend = backend if backend is not None else make_backend(self.config.resolved_backend())
         self.buffers = StaticBuffers(owner="registry.buffers")
         self.stats_counters = RegistryStats()
         self._functions: dict[str, GraphedFunction] = {}
+        agreement = RankAgreement(group, self.stats_counters) if self.config.sync_ranks else None
+        self.agreement = agreement if agreement is not None and agreement.world_size > 1 else None
+        self.current_step: StepAgreement | None = None
 
     def graphed(
         self,
@@ -348,6 +481,38 @@ class CaptureRegistry:
             return graphed_fn
 
         return decorate
+
+    @contextlib.contextmanager
+    def step(self, rows: int, *, busy: bool = True) -> Iterator[StepAgreement]:
+        """Agree once, for every graphed call inside, on this step across the ranks (one collective).
+
+        ``rows`` is this rank's row count for the step in rows of the target
+        step (``rows_per_request`` = 1+k); a function with other rows per
+        request is scaled (the draft substeps: one row per request). ``busy``
+        says this rank still has work; the agreement's ``busy`` is whether any
+        rank has, so an engine loop steps until every rank is done (an idle
+        rank still steps, with 0 rows). Without ``sync_ranks`` (or with one
+        rank) this costs nothing and the calls decide alone.
+        """
+        if self.agreement is None:
+            yield StepAgreement(rows=rows, busy=busy, states={}, rows_per_request=self.config.rows_per_request)
+            return
+        functions = list(self._functions.values())
+        vector = [rows, int(busy)]
+        for graphed_fn in functions:
+            vector.extend(graphed_fn.predicted_states())
+        agreed = self.agreement.exchange(vector)
+        states, offset = {}, 2
+        for graphed_fn in functions:
+            count = len(graphed_fn.buckets.sizes)
+            states[graphed_fn.name] = agreed[offset : offset + count]
+            offset += count
+        self.current_step = StepAgreement(rows=agreed[0], busy=bool(agreed[1]), states=states,
+                                          rows_per_request=self.config.rows_per_request)
+        try:
+            yield self.current_step
+        finally:
+            self.current_step = None
 
     def functions(self) -> dict[str, GraphedFunction]:
         """graph name -> graphed function."""

@@ -394,6 +394,27 @@ class GraphRunner:
         logger.debug("%s: full traceback of the capture failure", entry.label, exc_info=exc)
         return entry
 
+    def run_padded(
+        self, key: GraphKey, bound: Mapping[str, Any], leaves: Sequence[paddle.Tensor], rows: int,
+        paths: Sequence[str],
+    ) -> Any:
+        """Run the function once, eagerly, on this call staged into ``key``'s bucket; outputs cut to ``rows``.
+
+        What a replay would compute, with a replay's shapes and a single
+        execution, for a rank whose key has no graph while the others replay
+        theirs (collectives inside the function then still meet).
+        """
+        sources, views = self._sources(key, paths)
+        entry = GraphEntry(key=key, label=f"{self.name}[bucket {key.bucket}]", sources=sources)
+        self.stage(entry, leaves, rows)
+        call = self.binder.with_defaults(pytree.substitute(bound, key.tree, views))
+        args, keywords = self.binder.split(call)
+        result = self.fn(*args, **keywords)
+        tree = pytree.OutputTree(result)
+        cut = [leaf[:rows] if leaf.shape and leaf.shape[0] == key.bucket else leaf
+               for leaf in pytree.output_leaves(result)]
+        return tree.rebuild(cut)
+
     # Checks ------------------------------------------------------------------
     def _replay_check(
         self, entry: GraphEntry, static: list[tuple[int, str, paddle.Tensor]], registry_ids: set[int],

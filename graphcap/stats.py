@@ -11,7 +11,7 @@ from typing import Any
 
 __all__ = ["COUNTERS", "RegistryStats"]
 
-COUNTERS = ("captures", "replays", "eager_fallbacks", "capture_failures", "warmups", "recaptures")
+COUNTERS = ("captures", "replays", "eager_fallbacks", "capture_failures", "warmups", "recaptures", "collectives")
 
 
 class RegistryStats:

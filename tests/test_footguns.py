@@ -247,10 +247,10 @@ def test_toggling_draft_graphs_between_steps():
     pattern = [(True, True), (False, False), (True, False), (False, True)]
     decode, steps = toggled._decode, []
 
-    def toggling(active, stats):
+    def toggling(active, stats, **agreed):
         toggled.draft.enabled, toggled.draft_next.enabled = pattern[len(steps) % len(pattern)]
         steps.append(len(steps))
-        decode(active, stats)
+        decode(active, stats, **agreed)
 
     toggled._decode = toggling
     tokens, _ = toggled.generate(requests)

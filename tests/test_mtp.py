@@ -115,10 +115,10 @@ def test_draft_graphs_can_be_toggled_between_steps():
     original = engine._decode
     calls = {"n": 0}
 
-    def toggling(active, stats):
+    def toggling(active, stats, **agreed):
         calls["n"] += 1
         engine.draft.enabled = engine.draft_next.enabled = calls["n"] % 2 == 0
-        original(active, stats)
+        original(active, stats, **agreed)
 
     engine._decode = toggling
     tokens, _ = engine.generate(requests())
@@ -145,7 +145,7 @@ def test_preprocess_layout():
 class RebindingEngine(MTPEngine):
     """A deliberately broken pre-process: it rebinds cu_seqlens_q_output instead of writing it in place."""
 
-    def _decode(self, active, stats):
+    def _decode(self, active, stats, **agreed):
         bufs = self.registry.buffers
         original_write = bufs.write
 
@@ -157,7 +157,7 @@ class RebindingEngine(MTPEngine):
 
         object.__setattr__(bufs, "write", rebinding_write)
         try:
-            super()._decode(active, stats)
+            super()._decode(active, stats, **agreed)
         finally:
             object.__delattr__(bufs, "write")
 

@@ -212,7 +212,7 @@ class MTPEngine:
         results: list[list[int]] = [[] for _ in requests]
         waiting = list(enumerate(requests))
         slots: dict[int, tuple[int, _Slot]] = {}
-        while waiting or slots:
+        while True:
             free = [index for index in range(self.max_batch) if index not in slots]
             admitted = []
             while waiting and free:
@@ -225,11 +225,18 @@ class MTPEngine:
                 self._prefill(admitted)
                 stats.prefill_seconds += time.perf_counter() - started
                 stats.tokens += len(admitted)
-            else:
-                started = time.perf_counter()
-                self._decode([slot for _, slot in slots.values()], stats)
-                stats.decode_seconds += time.perf_counter() - started
-                stats.decode_steps += 1
+            # Prefill steps decode nothing; with sync_ranks every rank still takes part in
+            # each step's agreement (and replays padding rows while another rank decodes),
+            # and the loop runs until no rank has work left.
+            live = [] if admitted else [slot for _, slot in slots.values() if not slot.done]
+            with self.registry.step(rows=len(live) * (self.k + 1), busy=bool(waiting or slots)) as step:
+                if not step.busy:
+                    break
+                if live or step.rows:
+                    started = time.perf_counter()
+                    self._decode(live, stats, agreed_rows=step.rows)
+                    stats.decode_seconds += time.perf_counter() - started
+                    stats.decode_steps += bool(live)
             stats.steps += 1
             for index in [index for index, (_, slot) in slots.items() if slot.done]:
                 request_index, slot = slots.pop(index)
@@ -335,9 +342,22 @@ class MTPEngine:
         self._propose(ordered, last, draft_tokens, draft_hidden, graphed=False)
 
     # Decode (graphs) --------------------------------------------------------
-    def _decode(self, active: list[_Slot], stats: RunStats) -> None:
+    def _decode(self, active: list[_Slot], stats: RunStats, *, agreed_rows: int) -> None:
         bufs = self.registry.buffers
         live = [slot for slot in active if not slot.done]
+        if not live:
+            # Another rank decodes: replay the step on padding rows only, for its collectives.
+            # The sampling op advances every slot's seed, so this rank's are put back after.
+            seeds = bufs.infer_seed.clone()
+            try:
+                self._decode_rows(live, stats, agreed_rows)
+            finally:
+                bufs.write("infer_seed", seeds)
+            return
+        self._decode_rows(live, stats, agreed_rows)
+
+    def _decode_rows(self, live: list[_Slot], stats: RunStats, agreed_rows: int) -> None:
+        bufs = self.registry.buffers
         rows = [
             SlotRows(slot=slot.index, tokens=(slot.tokens[-1], *slot.drafts), start=slot.length - 1) for slot in live
         ]
@@ -362,7 +382,8 @@ class MTPEngine:
             accepted_rows.append(start + accepted)
         if not self.k:
             return
-        graphed = self._target_graphed(count)
+        # The draft follows the target's decision; with sync_ranks, the one every rank agreed on.
+        graphed = self._target_graphed(max(count, agreed_rows))
         draft = self.draft if graphed else self.draft.__wrapped__
         # tokens/hidden are views of the target graph's static outputs; the
         # draft graph stages them (a copy) before its replay, so they are read
