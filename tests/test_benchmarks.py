@@ -32,7 +32,7 @@ def _mode(tokens_per_second, decode_tokens_per_second=100.0):
 
 
 @pytest.mark.parametrize(
-    "name", ["bench_capture", "bench_mtp", "plot_results", "run_all", "bench_overhead", "bench_buckets", "bench_llama"]
+    "name", ["bench_capture", "bench_mtp", "plot_results", "run_all", "bench_overhead", "bench_buckets", "bench_llama", "bench_ranks"]
 )
 def test_benchmark_modules_import(bench, name):
     module = bench(name)
