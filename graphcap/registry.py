@@ -340,6 +340,11 @@ class GraphedFunction:
         self._last_call = None
 
     @property
+    def output_bytes(self) -> int:
+        """Bytes of static output memory this function's graphs hold (shared outputs counted once)."""
+        return self._runner.output_bytes([entry for entry in self._entries.values() if entry.failure is None])
+
+    @property
     def graphs(self) -> int:
         """Live captured graphs of this function."""
         return sum(1 for entry in self._entries.values() if entry.failure is None)
@@ -598,13 +603,19 @@ class CaptureRegistry:
         ``captures``, ``replays``, ``recaptures``, ``eager_fallbacks``,
         ``capture_failures``, ``warmups``, ``capture_seconds``, ``fallbacks``
         (``[{graph, bucket, reason, calls}]``: why calls ran eagerly),
-        ``graphs``, ``real_rows``, ``padded_rows`` and ``per_graph`` (real vs
-        padded rows per bucket, eager fallbacks under ``"eager"``).
+        ``collectives`` (with ``sync_ranks``), ``graphs``, ``output_bytes``
+        (static output memory; shared across buckets where the backend
+        allows) and ``output_bytes_per_graph``, ``real_rows``, ``padded_rows``
+        and ``per_graph`` (real vs padded rows per bucket, eager fallbacks
+        under ``"eager"``).
         """
         functions = self._functions.values()
+        output_bytes = {fn.name: fn.output_bytes for fn in functions}
         return {
             **self.stats_counters.as_dict(),
             "graphs": sum(fn.graphs for fn in functions),
+            "output_bytes": sum(output_bytes.values()),
+            "output_bytes_per_graph": output_bytes,
             "real_rows": sum(fn.padding.real_rows for fn in functions),
             "padded_rows": sum(fn.padding.padded_rows for fn in functions),
             "backend": self.backend.name,

@@ -140,6 +140,8 @@ class GraphRunner:
         self.skip_types = skip_types
         # (path, dtype, trailing shape) -> staging buffer name.
         self._staging_names: dict[tuple[str, str, tuple[int, ...]], str] = {}
+        # (output index, dtype, row shape) -> an output at the largest bucket, shared by every bucket.
+        self._shared_outputs: dict[tuple[int, str, tuple[int, ...]], paddle.Tensor] = {}
 
     # Stage -------------------------------------------------------------------
     def stage(self, entry: GraphEntry, leaves: Sequence[paddle.Tensor], rows: int) -> None:
@@ -221,7 +223,7 @@ class GraphRunner:
             # 5. Capture.
             found = reachable.scan(self.fn, _argument_roots(bound, key.tree), skip=self.skip_types)
             state.restore()
-            entry.outputs = [paddle.zeros(list(shape), dtype=dtype) for shape, dtype in outputs.specs]
+            entry.outputs = self._static_outputs(outputs.specs, bucket)
             entry.sliced = tuple(bool(shape) and shape[0] == bucket for shape, _ in outputs.specs)
             entry.graph = self._capture_graph(entry, build_call, found, state)
             # 6. Verify.
@@ -246,6 +248,35 @@ class GraphRunner:
         self.stats.capture_seconds += elapsed
         logger.debug("captured %s in %.3f s", entry.label, elapsed)
         return entry
+
+    def _static_outputs(self, specs: Sequence[tuple[list[int], Any]], bucket: int) -> list[paddle.Tensor]:
+        """The static outputs of a graph of ``bucket``, allocated outside any capture.
+
+        Where the backend allows writing into a prefix view, an output whose
+        rows are the bucket's is a view of one tensor allocated once at the
+        largest bucket, shared by every bucket of this function: output
+        memory is the largest bucket's, not the sum over buckets. Other
+        outputs get tensors of their own.
+        """
+        outputs = []
+        for index, (shape, dtype) in enumerate(specs):
+            if self.backend.shares_outputs and shape and shape[0] == bucket:
+                key = (index, dtype_name(dtype), tuple(shape[1:]))
+                shared = self._shared_outputs.get(key)
+                if shared is None:
+                    shared = self._shared_outputs[key] = paddle.zeros([self.largest, *shape[1:]], dtype=dtype)
+                outputs.append(shared[:bucket])
+            else:
+                outputs.append(paddle.zeros(list(shape), dtype=dtype))
+        return outputs
+
+    def output_bytes(self, entries: Sequence[GraphEntry]) -> int:
+        """Bytes of static output memory held for ``entries`` (shared outputs counted once)."""
+        total = sum(_nbytes(tensor) for tensor in self._shared_outputs.values())
+        for entry in entries:
+            total += sum(_nbytes(out) for out, cut in zip(entry.outputs, entry.sliced)
+                         if not (cut and self.backend.shares_outputs))
+        return total
 
     def _warmups(
         self, entry: GraphEntry, args: tuple[Any, ...], keywords: dict[str, Any], state: _State,
@@ -460,6 +491,10 @@ class _WarmupOutputs:
             constants=pytree.output_constants(result),
             state=host_copies(state.tensors),
         )
+
+
+def _nbytes(tensor: paddle.Tensor) -> int:
+    return int(tensor.numel()) * tensor.element_size()
 
 
 def _argument_roots(bound: Mapping[str, Any], tree: Any) -> list[tuple[str, Any]]:

@@ -53,7 +53,7 @@ from graphcap import (
     GraphConfig,
     StaticBufferError,
 )
-from graphcap.backends.device import DeviceBackend
+from graphcap.backends.device_double import double_backend
 from graphcap.models.corpus import make_prompts
 from graphcap.models.tiny_lm import load_tiny_lm
 from graphcap.mtp.engine import MTPEngine, Request, SamplingOptions
@@ -415,35 +415,15 @@ def test_exception_inside_a_warmup_propagates_like_eager(backend):
     assert reg.stats()["capture_failures"] == 0 and reg.stats()["graphs"] == 1
 
 
-class RecordingGraph:
-    """Test double of Paddle's CUDAGraph: records begin / end / reset."""
-
-    def __init__(self, log: list[str]) -> None:
-        self.log = log
-
-    def capture_begin(self) -> None:
-        self.log.append("begin")
-
-    def capture_end(self) -> None:
-        self.log.append("end")
-
-    def replay(self) -> None:
-        self.log.append("replay")
-
-    def reset(self) -> None:
-        self.log.append("reset")
-
-
 def test_exception_inside_device_capture_always_ends_capture():
-    log: list[str] = []
-    backend = DeviceBackend(graph_factory=lambda pool: RecordingGraph(log), new_pool_id=lambda: 0)
-    reg = CaptureRegistry(GraphConfig(use_graph=True, capture_sizes=(2, 4), num_warmups=1), backend=backend)
+    log: list = []
+    reg = CaptureRegistry(GraphConfig(use_graph=True, capture_sizes=(2, 4), num_warmups=1), backend=double_backend(log))
     fwd = reg.graphed("t", batch_arg="x")(fail_once_in_bucket(4, on_call=2))  # call 2: inside begin/end
     assert values(fwd(x=paddle.ones([3]))) == [3.0, 3.0, 3.0]
-    assert log == ["begin", "end", "reset"]  # ended, then the half-recorded graph released
+    assert [kind for kind, _ in log] == ["new", "sync", "begin", "end", "reset"]  # ended, then released
     fwd(x=paddle.ones([2]))
     # Capture, the replay that verifies it, then this call's replay.
-    assert log == ["begin", "end", "reset", "begin", "end", "replay", "replay"]
+    assert [kind for kind, _ in log][5:] == ["new", "sync", "begin", "end", "sync", "replay", "replay"]
     assert reg.stats()["capture_failures"] == 1 and reg.stats()["graphs"] == 1
 
 

@@ -34,6 +34,9 @@ class Backend(Protocol):
     name: str
     # True when capture() itself runs the closure once (its outputs are then written).
     capture_executes: bool
+    # True when a graph may write its outputs into a prefix view of a larger tensor, so a
+    # function's buckets share one set of outputs (allocated at the largest bucket).
+    shares_outputs: bool
 
     def forms(self, fn: Callable[..., Any]) -> list[Callable[..., Any]]:
         """The forms of ``fn`` a capture may call, to try in order (``[fn]`` but for ``static``)."""
@@ -51,13 +54,24 @@ class Backend(Protocol):
 
 
 def device_graphs_supported() -> bool:
-    """True where Paddle was built with CUDA (or XPU) graph support and a device is present."""
+    """True where Paddle was built with CUDA (or XPU) graph support *and* a device is present.
+
+    ``is_cuda_graph_supported()`` reads compile flags only: a CUDA build on a
+    machine without a GPU says True, so the device count is checked too.
+    """
     try:
+        import paddle
         from paddle.device.cuda.graphs import is_cuda_graph_supported
     except ImportError:
         return False
     try:
-        return bool(is_cuda_graph_supported())
+        if not is_cuda_graph_supported():
+            return False
+        if paddle.is_compiled_with_cuda():
+            return paddle.device.cuda.device_count() > 0
+        if paddle.is_compiled_with_xpu():
+            return paddle.device.xpu.device_count() > 0
+        return False
     except Exception:
         return False
 

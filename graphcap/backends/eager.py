@@ -34,6 +34,7 @@ class EagerBackend:
 
     name = "eager"
     capture_executes = False  # capture only keeps the closure
+    shares_outputs = True
 
     def forms(self, fn: Callable[..., Any]) -> list[Callable[..., Any]]:
         """Python runs as written: ``fn`` itself."""

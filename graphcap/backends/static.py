@@ -141,6 +141,8 @@ class StaticBackend:
 
     name = "static"
     capture_executes = True  # tracing runs the program once, writing the outputs
+    # to_static refuses an in-place write into a strided view, so each bucket keeps outputs of its own.
+    shares_outputs = False
 
     def forms(self, fn: Callable[..., Any]) -> list[Callable[..., Any]]:
         """The forms of ``fn`` to trace, in order: converted where dy2static can, then as written."""
