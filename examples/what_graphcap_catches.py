@@ -115,7 +115,11 @@ def value_dependent_shape_during_capture() -> None:
 def moved_buffer_at_replay() -> None:
     reg = new_registry()
     table = reg.buffers.declare("table", [8, 2], "float32")
-    lookup = reg.graphed("lookup", batch_arg="x")(lambda x: x + reg.buffers.table.sum())
+
+    def lookup(*, x):
+        return x + reg.buffers.table.sum()
+
+    lookup = reg.graphed("lookup", batch_arg="x")(lookup)
     lookup(x=paddle.zeros([4]))
     table.copy_(paddle.ones([16, 2]), False)  # a different-shaped copy_: Paddle reallocates the buffer
     try:

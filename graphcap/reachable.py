@@ -81,6 +81,12 @@ class Reachable:
     object_classes: set[type] = dataclasses.field(default_factory=set)
     layer_classes: set[type] = dataclasses.field(default_factory=set)
     function_modules: set[str] = dataclasses.field(default_factory=set)
+    # Paths at which the scan met an object of a ``skip`` type (a registry, its buffers).
+    skipped: set[str] = dataclasses.field(default_factory=set)
+
+    def reads_beyond_arguments(self) -> list[str]:
+        """Paths of what the function reads besides its arguments: tensors, and graphcap's registry or buffers."""
+        return sorted({path for path, _ in self.tensors.values()} | self.skipped)
 
     def path_of(self, tensor: paddle.Tensor) -> str | None:
         """The first path ``scan`` reached ``tensor`` by, or None."""
@@ -128,6 +134,9 @@ class _Scanner:
         if value is None or isinstance(value, (int, float, str, bytes, bool, complex, type, types.ModuleType)):
             return False
         if isinstance(value, self.skip):
+            # graphcap's own objects have checks of their own; that the function reaches them
+            # (and the registry buffers in them) is still worth knowing.
+            self.found.skipped.add(path)
             return False
         key = id(value)
         if key in self.memo:

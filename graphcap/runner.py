@@ -43,6 +43,7 @@ import paddle
 
 from graphcap import failures, guard, pytree, reachable
 from graphcap.backends import Backend, Graph
+from graphcap.backends.static import Refused
 from graphcap.binding import CallBinder
 from graphcap.buffers import StaticBuffers, dtype_name
 from graphcap.checks import ReplayCheck
@@ -55,6 +56,20 @@ from graphcap.stats import RegistryStats
 logger = logging.getLogger("graphcap")
 
 __all__ = ["GraphEntry", "GraphRunner"]
+
+
+def in_to_static_mode() -> bool:
+    """True inside a ``paddle.jit.to_static`` trace."""
+    from paddle.base.dygraph.base import in_to_static_mode as tracing
+
+    return bool(tracing())
+
+
+def as_program_input(value: Any) -> Any:
+    """Inside a trace, an eager tensor as the program input that reads it by reference; else ``value``."""
+    from paddle.jit.dy2static.convert_operators import convert_load
+
+    return convert_load(value) if isinstance(value, paddle.Tensor) else value
 
 
 @attrs.define(eq=False)
@@ -201,13 +216,24 @@ class GraphRunner:
         entry.sources, views = self._sources(key, paths)
         self.stage(entry, leaves, rows)
         binder, tree = self.binder, key.tree
+        static_indices = [index for index, layout in enumerate(key.layout) if not leaf_is_batched(layout)]
 
         @paddle.jit.not_to_static
         def build_call(staged_views: dict[int, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
             # The call over static buffers: the caller's arguments with each batched
             # leaf replaced by its buffer's view, defaults filled in (so the traced
-            # function never evaluates a default itself).
-            return binder.split(binder.with_defaults(pytree.substitute(bound, tree, staged_views)))
+            # function never evaluates a default itself). In a to_static trace the
+            # static leaves and tensor defaults enter the program as inputs, read by
+            # reference: handed over as eager tensors, code that dy2static did not
+            # convert would bake their values in as constants.
+            replace = dict(staged_views)
+            tracing = in_to_static_mode()
+            if tracing:
+                replace.update({index: as_program_input(leaves[index]) for index in static_indices})
+            call = binder.with_defaults(pytree.substitute(bound, tree, replace))
+            if tracing:
+                call = {name: as_program_input(value) if name not in bound else value for name, value in call.items()}
+            return binder.split(call)
 
         args, keywords = build_call(views)
         registry_ids = {id(tensor) for tensor in self.registry_buffers.tensors().values()}
@@ -355,7 +381,11 @@ class GraphRunner:
     ) -> Graph:
         """Capture with each form the backend offers until one works; the last failure is the reason."""
         error: BaseException | None = None
-        for form in self.backend.forms(self.fn):
+        refused = ""
+        for form in self.backend.forms(self.fn, found):
+            if isinstance(form, Refused):
+                refused = form.reason
+                continue
             state.restore()  # a failed attempt may have run part of the function
             try:
                 with guard.capture_guard(graph=self.name, bucket=entry.key.bucket):
@@ -367,8 +397,10 @@ class GraphRunner:
                     raise cause from None
                 logger.debug("%s: capturing %r failed", entry.label, form, exc_info=exc)
                 error = exc
-        assert error is not None
-        raise _CaptureFailed(failures.root_cause(error)) from error
+        if error is None:
+            raise _CaptureFailed(refused)
+        reason = failures.root_cause(error)
+        raise _CaptureFailed(f"{reason}; {refused}" if refused else reason) from error
 
     @staticmethod
     def _run(

@@ -218,7 +218,11 @@ def test_repeat_interleave_with_tensor_repeats(backend):
 def test_batch_above_the_largest_bucket(backend):
     reg = registry(backend)
     w = paddle.randn([3, 5])
-    fwd = reg.graphed("t", batch_arg="x")(lambda x: paddle.tanh(paddle.matmul(x, w)))
+
+    def forward(*, x):
+        return paddle.tanh(paddle.matmul(x, w))
+
+    fwd = reg.graphed("t", batch_arg="x")(forward)
     x = paddle.randn([7, 3])
     np.testing.assert_array_equal(fwd(x=x).numpy(), fwd.__wrapped__(x=x).numpy())
     stats = reg.stats()
@@ -458,7 +462,11 @@ def test_reset_then_replay(backend):
 def test_rebinding_reload_recaptures_when_asked(backend):
     reg = registry(backend, on_rebind="recapture")
     model = {"w": paddle.ones([2, 2])}
-    graphed = reg.graphed("t", batch_arg="x")(lambda x: paddle.matmul(x, model["w"]))
+
+    def forward(*, x):
+        return paddle.matmul(x, model["w"])
+
+    graphed = reg.graphed("t", batch_arg="x")(forward)
     x = paddle.ones([2, 2])
     assert values(graphed(x=x)) == [2.0] * 4
     model["w"] = paddle.full([2, 2], 5.0)

@@ -432,7 +432,11 @@ def test_layer_parameter_rebound_gives_stale_results_unchecked():
 def test_rebound_parameter_recaptures_when_asked(backend):
     reg = registry(backend, on_rebind="recapture")
     model = TinyModel()
-    graphed = reg.graphed("t", batch_arg="x")(lambda x: model(x) * 2)
+
+    def forward(*, x):
+        return model(x) * 2
+
+    graphed = reg.graphed("t", batch_arg="x")(forward)
     x = rows(4)
     assert_same(graphed(x=x), model(x) * 2)
     model.lin = paddle.nn.Linear(3, 3)  # a whole sublayer swapped
@@ -460,7 +464,11 @@ def test_cache_tensor_reallocated_inside_an_argument_object(backend):
 def test_layer_passed_as_an_argument_is_checked(backend):
     reg = registry(backend)
     model = TinyModel()
-    graphed = reg.graphed("t", batch_arg="x")(lambda x, model: model(x))
+
+    def forward(*, x, model):
+        return model(x)
+
+    graphed = reg.graphed("t", batch_arg="x")(forward)
     x = rows(4)
     assert_same(graphed(x=x, model=model), model(x))
     model.norm.weight = paddle.create_parameter([3], "float32")
@@ -558,9 +566,11 @@ def test_paddleformers_llama_out_of_the_box(backend, tiny_llama):
 
 def test_paddleformers_llama_program_inputs_are_named(tiny_llama):
     reg = registry("static", capture_sizes=(2,))
-    graphed = reg.graphed("llama", batch_arg="input_ids")(
-        lambda input_ids: tiny_llama(input_ids=input_ids, use_cache=False, return_dict=True).logits
-    )
+
+    def forward(input_ids):
+        return tiny_llama(input_ids=input_ids, use_cache=False, return_dict=True).logits
+
+    graphed = reg.graphed("llama", batch_arg="input_ids")(forward)
     graphed(input_ids=paddle.randint(0, 128, [2, 4]))
     [entry] = graphed._entries.values()
     names = {name for name, _ in tiny_llama.named_parameters()} | {name for name, _ in tiny_llama.named_buffers()}
@@ -645,3 +655,44 @@ def test_varying_values_stop_at_max_graphs_per_bucket(backend):
     stats = reg.stats()
     assert stats["graphs"] == 2 and stats["eager_fallbacks"] == 2
     assert "step_number" in stats["fallbacks"][0]["reason"]
+
+
+def test_lambda_reading_a_closure_tensor_is_not_baked_into_a_static_graph():
+    # Traced as written, `x * scale` would bake scale's value into the program.
+    reg = registry("static")
+    scale = paddle.to_tensor([1.0])
+    graphed = reg.graphed("t", batch_arg="x")(lambda x: x * scale)
+    x = rows(4)
+    assert_same(graphed(x=x), x * scale)
+    paddle.assign(paddle.to_tensor([3.0]), output=scale)  # updated in place, as documented
+    assert_same(graphed(x=x), x * 3.0)
+    [fallback] = reg.stats()["fallbacks"]
+    assert "to_static cannot convert a lambda" in fallback["reason"] and "(scale)" in fallback["reason"]
+
+
+@pytest.mark.parametrize("order", ["x_first", "tensor_first"])
+def test_static_arguments_of_a_lambda_are_read_by_reference(order):
+    reg = registry("static")
+    scale = paddle.to_tensor([1.0])
+    fn = (lambda x, scale: x * scale) if order == "x_first" else (lambda x, scale: scale * x)
+    graphed = reg.graphed("t", batch_arg="x")(fn)
+    x = rows(4)
+    assert_same(graphed(x=x, scale=scale), fn(x, scale))
+    paddle.assign(paddle.to_tensor([3.0]), output=scale)
+    assert_same(graphed(x=x, scale=scale), fn(x, scale))  # the graph reads the updated value
+    assert reg.stats()["graphs"] == 1 and reg.stats()["replays"] == 2
+
+
+def test_tensor_defaults_bound_in_a_loop_are_read_by_reference():
+    factor = paddle.to_tensor([2.0])
+    for factor_now in (factor,):
+
+        def step(*, x, factor=factor_now):
+            return x * factor
+
+    reg = registry("static")
+    graphed = reg.graphed("t", batch_arg="x")(step)
+    x = rows(4)
+    assert_same(graphed(x=x), x * 2.0)
+    paddle.assign(paddle.to_tensor([6.0]), output=factor)
+    assert_same(graphed(x=x), x * 6.0)

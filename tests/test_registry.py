@@ -220,7 +220,11 @@ def test_warmups_and_capture_leave_mutable_state_untouched(backend):
 def test_reset_drops_graphs_and_the_next_call_recaptures(backend):
     reg = registry(backend)
     w = paddle.ones([2, 2])
-    graphed = reg.graphed("t", batch_arg="x")(lambda x: paddle.matmul(x, w))
+
+    def forward(*, x):
+        return paddle.matmul(x, w)
+
+    graphed = reg.graphed("t", batch_arg="x")(forward)
     graphed(x=paddle.ones([2, 2]))
     reg.reset()
     assert reg.stats()["graphs"] == 0

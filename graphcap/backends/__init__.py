@@ -38,8 +38,12 @@ class Backend(Protocol):
     # function's buckets share one set of outputs (allocated at the largest bucket).
     shares_outputs: bool
 
-    def forms(self, fn: Callable[..., Any]) -> list[Callable[..., Any]]:
-        """The forms of ``fn`` a capture may call, to try in order (``[fn]`` but for ``static``)."""
+    def forms(self, fn: Callable[..., Any], reachable: Any = None) -> list[Any]:
+        """The forms of ``fn`` a capture may call, to try in order (``[fn]`` but for ``static``).
+
+        A form may be a ``Refused`` marker (``graphcap.backends.static``) carrying the
+        reason the backend will not trace ``fn`` that way.
+        """
 
     def capture(self, run: Callable[[], None], label: str, reachable: Any = None) -> Graph:
         """Capture ``run`` (which may execute once while doing so) and return its graph.

@@ -124,7 +124,7 @@ class DeviceBackend:
             self._pools[key] = self._new_pool_id(place)
         return self._pools[key]
 
-    def forms(self, fn: Callable[..., Any]) -> list[Callable[..., Any]]:
+    def forms(self, fn: Callable[..., Any], reachable: Any = None) -> list[Callable[..., Any]]:
         """Python runs as written: ``fn`` itself."""
         return [fn]
 

@@ -36,7 +36,7 @@ class EagerBackend:
     capture_executes = False  # capture only keeps the closure
     shares_outputs = True
 
-    def forms(self, fn: Callable[..., Any]) -> list[Callable[..., Any]]:
+    def forms(self, fn: Callable[..., Any], reachable: Any = None) -> list[Callable[..., Any]]:
         """Python runs as written: ``fn`` itself."""
         return [fn]
 

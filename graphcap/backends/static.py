@@ -11,12 +11,14 @@ device in tests. It is not faster than eager on CPU.
 Running functions as Python defines them: dy2static recompiles a function
 from its source, which loses what only the live function object knows (a
 default bound from an enclosing loop, ``def f(*, scale=scale)``, raises
-``NameError`` there). The function is converted when that works; when it
+``NameError`` there). The function is converted when that works. When it
 does not (or the converted code fails to trace: dy2static mistranslates some
 closures), and for lambdas, it is traced *as written* (marked
-``not_to_static``: straight-line tensor code traces the same; Python control
-flow on tensor values then fails the trace, and the bucket runs eagerly with
-that reason). Bound methods and ``functools.partial`` are converted through
+``not_to_static``), but only if it reads nothing besides its arguments,
+which graphcap hands to the trace as program inputs: in unconverted code an
+operator on any other tensor bakes its value in as a constant. Python control
+flow on tensor values fails such a trace; either way the bucket runs eagerly
+with the reason. Bound methods and ``functools.partial`` are converted through
 their function. Library helpers dy2static cannot convert (PaddleFormers'
 configuration classes recurse forever in their ``__getattribute__``) are kept
 away from conversion for the duration of each trace: the modules of the
@@ -110,6 +112,13 @@ def _as_written(fn: Callable[..., Any]) -> Callable[..., Any]:
     return call_as_written
 
 
+@attrs.frozen
+class Refused:
+    """A form the static backend will not trace, and why (the reason a bucket then runs eagerly with)."""
+
+    reason: str
+
+
 @attrs.define
 class StaticGraph:
     """One traced program; calling it is a replay."""
@@ -144,26 +153,52 @@ class StaticBackend:
     # to_static refuses an in-place write into a strided view, so each bucket keeps outputs of its own.
     shares_outputs = False
 
-    def forms(self, fn: Callable[..., Any]) -> list[Callable[..., Any]]:
-        """The forms of ``fn`` to trace, in order: converted where dy2static can, then as written."""
+    def forms(self, fn: Callable[..., Any], reachable: Reachable | None = None) -> list[Any]:
+        """The forms of ``fn`` to trace, in order: converted where dy2static can, then as written.
+
+        As written is offered only for a function that reads nothing but its
+        arguments: in code dy2static did not convert, a tensor read from a
+        closure, a global, a Layer or a registry buffer is not a program
+        input, and an operator on it bakes its value into the program as a
+        constant (or crashes Paddle). Otherwise the last form is a
+        ``Refused`` that says why, and the bucket runs eagerly with it.
+        """
+        converted, why = self._converted(fn)
+        forms: list[Any] = [converted] if converted is not None else []
+        beyond = reachable.reads_beyond_arguments() if reachable is not None else []
+        if not beyond:
+            forms.append(_as_written(fn))
+        else:
+            shown = ", ".join(beyond[:3]) + (" ..." if len(beyond) > 3 else "")
+            forms.append(Refused(
+                f"{why + '; ' if why else ''}traced as written, the tensors it reads besides its arguments "
+                f"({shown}) would be baked into the graph as constants; define it with def (not a lambda), "
+                f"bind defaults outside loops, or pass those tensors as arguments"
+            ))
+        return forms
+
+    def _converted(self, fn: Callable[..., Any]) -> tuple[Callable[..., Any] | None, str]:
+        """``fn`` converted by dy2static, or None and why it cannot be."""
         if isinstance(fn, paddle.nn.Layer):
-            return [fn, _as_written(fn)]  # to_static converts a Layer's forward itself
+            return fn, ""  # to_static converts a Layer's forward itself
         if isinstance(fn, functools.partial):
-            return [functools.partial(form, *fn.args, **fn.keywords) for form in self.forms(fn.func)]
+            inner, why = self._converted(fn.func)
+            return (functools.partial(inner, *fn.args, **fn.keywords) if inner is not None else None), why
         if inspect.ismethod(fn):
-            return [*[functools.partial(form, fn.__self__) for form in self.forms(fn.__func__)[:-1]],
-                    _as_written(fn)]
-        if not inspect.isfunction(fn) or fn.__name__ == "<lambda>":
-            return [_as_written(fn)]
+            inner, why = self._converted(fn.__func__)
+            return (functools.partial(inner, fn.__self__) if inner is not None else None), why
+        if not inspect.isfunction(fn):
+            return None, f"to_static cannot convert a {type(fn).__name__}"
+        if fn.__name__ == "<lambda>":
+            return None, "to_static cannot convert a lambda"
         from paddle.jit.dy2static.program_translator import convert_to_static
 
         try:
             with _decorators_dropped("graphed"):
-                return [convert_to_static(fn), _as_written(fn)]
-        except Exception as exc:  # noqa: BLE001 - any conversion failure: trace as written
-            logger.debug("to_static could not convert %s from its source (%s: %s); tracing it as written",
-                         fn.__qualname__, type(exc).__name__, exc)
-            return [_as_written(fn)]
+                return convert_to_static(fn), ""
+        except Exception as exc:  # noqa: BLE001 - any conversion failure
+            logger.debug("to_static could not convert %s from its source", fn.__qualname__, exc_info=exc)
+            return None, f"to_static could not convert {fn.__qualname__} from its source ({type(exc).__name__}: {exc})"
 
     def capture(self, run: Callable[[], None], label: str, reachable: Reachable | None = None) -> StaticGraph:
         """Trace ``run`` into a program; the trace executes it once, writing the outputs."""
