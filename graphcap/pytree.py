@@ -39,6 +39,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
+import attrs
 import paddle
 
 from graphcap.errors import CaptureError
@@ -52,6 +53,7 @@ __all__ = [
     "flatten_arguments",
     "output_constants",
     "output_leaves",
+    "output_structure",
     "path_matches",
     "substitute",
     "tensor_paths",
@@ -113,15 +115,33 @@ def _is_namedtuple(kind: type) -> bool:
 
 
 def _object_names(value: Any) -> tuple[str, ...] | None:
-    """Field or attribute names when ``value`` is opened as an ``"o"`` node, else None."""
-    if isinstance(value, _OPAQUE) or type(value).__module__.split(".", 1)[0] in ("builtins", "paddle", "numpy"):
+    """Field or attribute names when ``value`` is opened as an ``"o"`` node, else None.
+
+    Dataclass and attrs fields, else a plain object's ``__dict__`` and
+    ``__slots__`` attributes (sorted).
+    """
+    kind = type(value)
+    if isinstance(value, _OPAQUE) or kind.__module__.split(".", 1)[0] in ("builtins", "paddle", "numpy"):
         return None
     if dataclasses.is_dataclass(value):
         return tuple(field.name for field in dataclasses.fields(value))
+    if attrs.has(kind):
+        return tuple(field.name for field in attrs.fields(kind))
     attributes = getattr(value, "__dict__", None)
-    if not isinstance(attributes, dict):
+    names = set(attributes) if isinstance(attributes, dict) else set()
+    names.update(slot for slot in _slot_names(kind) if hasattr(value, slot))
+    if not names and not isinstance(attributes, dict):
         return None
-    return tuple(sorted(attributes))
+    return tuple(sorted(names))
+
+
+@functools.lru_cache(maxsize=1024)
+def _slot_names(kind: type) -> tuple[str, ...]:
+    names: list[str] = []
+    for klass in kind.__mro__:
+        slots = klass.__dict__.get("__slots__", ())
+        names.extend([slots] if isinstance(slots, str) else slots)
+    return tuple(name for name in names if name not in ("__dict__", "__weakref__"))
 
 
 def _flatten(value: Any, leaves: list[Any], depth: int, active: set[int]) -> Any:
@@ -315,11 +335,51 @@ def _output_node(value: Any, leaves: list[Any], depth: int) -> Any:
         if isinstance(value, dict):
             keys = tuple(value)
             return ("m", type(value), keys, tuple([_output_node(value[key], leaves, depth + 1) for key in keys]))
-        if dataclasses.is_dataclass(value) and not isinstance(value, type):
-            names = tuple(field.name for field in dataclasses.fields(value))
+        if (dataclasses.is_dataclass(value) or attrs.has(type(value))) and not isinstance(value, type):
+            names = _object_names(value) or ()
             return ("o", type(value), names, tuple([_output_node(getattr(value, name), leaves, depth + 1)
                                                     for name in names]))
-    return ("c", value)  # a constant: returned as it was at capture
+    # A constant: returned as it was at capture. Other objects (a cache object
+    # the function hands back) are returned by identity, so they may hold only
+    # tensors the graph reads, never ones it computes (OutputTree checks).
+    return ("c", value)
+
+
+def _tensors_within(value: Any, depth: int = 0, seen: set[int] | None = None) -> Iterator[Any]:
+    """Tensors inside a constant result: containers, attributes and slots, a few levels deep."""
+    if isinstance(value, _LEAF_TYPES):
+        yield value
+        return
+    seen = set() if seen is None else seen
+    if depth > 4 or id(value) in seen or isinstance(value, (str, bytes, int, float, bool, type(None))):
+        return
+    seen.add(id(value))
+    if isinstance(value, (tuple, list)):
+        children: Iterator[Any] = iter(value)
+    elif isinstance(value, dict):
+        children = iter(value.values())
+    elif isinstance(value, paddle.nn.Layer) or type(value).__module__.split(".", 1)[0] in ("paddle", "numpy"):
+        return
+    else:
+        names = _object_names(value) or ()
+        children = (getattr(value, name, None) for name in names)
+    for child in children:
+        yield from _tensors_within(child, depth + 1, seen)
+
+
+def output_structure(value: Any) -> Any:
+    """The shape of a result's tree without values: equal for two runs that return alike."""
+    return _skeleton(_output_node(value, [], 0))
+
+
+def _skeleton(node: Any) -> Any:
+    if node is TENSOR:
+        return node
+    if node[0] == "c":
+        return ("c", type(node[1]))
+    if node[0] == "s":
+        return ("s", node[1], tuple(_skeleton(child) for child in node[2]))
+    return (node[0], node[1], node[2], tuple(_skeleton(child) for child in node[3]))
 
 
 @paddle.jit.not_to_static
@@ -349,13 +409,27 @@ class OutputTree:
     back as the values the warmup returned.
     """
 
-    def __init__(self, value: Any) -> None:
-        """Describe ``value``; raises ``CaptureError`` if its containers cannot be rebuilt."""
+    def __init__(self, value: Any, known: Callable[[Any], bool] = lambda tensor: False) -> None:
+        """Describe ``value``; raises ``CaptureError`` if its containers cannot be rebuilt.
+
+        ``known(tensor)`` is True for a tensor the graph reads (a static
+        argument, a registry buffer, a reachable tensor): a constant result
+        object may hold those (it is returned by identity), but a tensor the
+        function computed inside an object graphcap cannot open would be
+        frozen at its capture value.
+        """
         leaves: list[Any] = []
         self.node = _output_node(value, leaves, 0)
         self.paths: tuple[str, ...] = tuple(path for path, node in self._leaf_paths(self.node, "output")
                                             if node is TENSOR)
         self.constants = output_constants(value)
+        for path, constant in self.constants:
+            if any(not known(tensor) for tensor in _tensors_within(constant)):
+                raise CaptureError(
+                    f"{path} is a {type(constant).__name__} holding tensors the function computed, which graphcap "
+                    f"cannot rebuild on replay (it would return the capture's tensors forever); return tensors in "
+                    f"tuples, lists, dicts, dataclasses, attrs classes or ModelOutput objects"
+                )
         self._build = self._compile(self.node, value)
         rebuilt = self.rebuild(leaves)
         if not _same_structure(rebuilt, value):

@@ -45,7 +45,7 @@ from graphcap.buffers import StaticBuffers
 from graphcap.config import GraphConfig
 from graphcap.dispatch import Dispatcher, GraphKey, leaf_is_batched
 from graphcap.errors import AddressStabilityError, CaptureError
-from graphcap.runner import GraphEntry, GraphRunner
+from graphcap.runner import NO_RESULT, GraphEntry, GraphRunner
 from graphcap.stats import RegistryStats
 
 logger = logging.getLogger("graphcap")
@@ -133,7 +133,7 @@ class GraphedFunction:
         elif entry.failure is None:
             self._runner.stage(entry, decision.leaves, rows)
         if entry.failure is not None:
-            return self._eager(bound, rows, key.bucket, entry.failure)
+            return self._eager(bound, rows, key.bucket, entry.failure, entry)
         return self._replay(entry, bound, decision.leaves, rows)
 
     def _lookup(self, key: GraphKey) -> GraphEntry | None:
@@ -228,7 +228,7 @@ class GraphedFunction:
             entry.failure = "capture failed on another rank"
             entry.release()
         if entry.failure is not None:
-            return self._eager(bound, rows, key.bucket, entry.failure)
+            return self._eager(bound, rows, key.bucket, entry.failure, entry)
         return self._replay(entry, bound, leaves, rows)
 
     def _states(self, tree: Any, layout: tuple[Any, ...]) -> list[int]:
@@ -251,11 +251,20 @@ class GraphedFunction:
             return [EAGER if not self.enabled else MISSING] * len(self.buckets.sizes)
         return self._states(*self._predicted)
 
-    def _eager(self, bound: dict[str, Any], rows: int, bucket: int | None, reason: str) -> Any:
-        """Run the original function on the caller's arguments; a reason makes it a counted fallback."""
+    def _eager(
+        self, bound: dict[str, Any], rows: int, bucket: int | None, reason: str, entry: GraphEntry | None = None
+    ) -> Any:
+        """Run the original function on the caller's arguments; a reason makes it a counted fallback.
+
+        A capture that already ran this very call eagerly (its padded batch
+        raised) hands that result over instead of running the call twice.
+        """
         if reason:
             self._stats.fallback(self.name, bucket, reason)
             self.padding.record(rows, None)
+        if entry is not None and entry.eager_result is not NO_RESULT:
+            result, entry.eager_result = entry.eager_result, NO_RESULT
+            return result
         return self.binder.call(self.__wrapped__, bound)
 
     def _capture(self, key: GraphKey, bound: dict[str, Any], leaves: list[paddle.Tensor], rows: int) -> GraphEntry:

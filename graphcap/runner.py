@@ -50,12 +50,12 @@ from graphcap.checks import ReplayCheck
 from graphcap.config import GraphConfig
 from graphcap.dispatch import GraphKey, leaf_is_batched
 from graphcap.errors import CaptureError, CaptureSafetyError, GraphCapError
-from graphcap.purity import first_difference, host_copies, same_constant
+from graphcap.purity import CaptureWatch, first_difference, host_copies, same_constant
 from graphcap.stats import RegistryStats
 
 logger = logging.getLogger("graphcap")
 
-__all__ = ["GraphEntry", "GraphRunner"]
+__all__ = ["NO_RESULT", "GraphEntry", "GraphRunner"]
 
 
 def in_to_static_mode() -> bool:
@@ -70,6 +70,9 @@ def as_program_input(value: Any) -> Any:
     from paddle.jit.dy2static.convert_operators import convert_load
 
     return convert_load(value) if isinstance(value, paddle.Tensor) else value
+
+
+NO_RESULT = object()
 
 
 @attrs.define(eq=False)
@@ -93,6 +96,8 @@ class GraphEntry:
     check: ReplayCheck | None = None
     failure: str | None = None
     replays: int = 0
+    # The eager result of the call whose capture failed on its padded batch (returned once).
+    eager_result: Any = NO_RESULT
 
     def release(self) -> None:
         """Release the graph; the entry must not be replayed afterwards."""
@@ -103,6 +108,14 @@ class GraphEntry:
 
 class _CaptureFailed(Exception):
     """The capture itself (not the user's function) failed; ``reason`` is its one-line root cause."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class _PaddedRaised(Exception):
+    """The function raised on the padded batch (``reason``), where the real batch may run."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
@@ -240,20 +253,32 @@ class GraphRunner:
         static = [(index, paths[index], leaf) for index, leaf in enumerate(leaves)
                   if not leaf_is_batched(key.layout[index])]
         state = _State(self.registry_buffers.restorable_items())
-        # Purity watches the static leaves that are not declared state, and the staged copies.
-        checked = [(path, leaf) for _, path, leaf in static if id(leaf) not in registry_ids]
-        staged = [(paths[index], views[index]) for index, _, _, pad_end in entry.sources if not pad_end]
+        owned = self._registry_ranges()
+
+        def scan() -> reachable.Reachable:
+            return reachable.scan(self.fn, _argument_roots(bound, key.tree), skip=self.skip_types)
+
+        watch = CaptureWatch(
+            entry.label,
+            static_leaves=[(path, leaf) for _, path, leaf in static if not owned(leaf)],
+            staged=[(paths[index], views[index]) for index, _, _, pad_end in entry.sources if not pad_end],
+            adopted=[(name, tensor) for name, tensor in self.registry_buffers.tensors().items()
+                     if not self.registry_buffers.spec(name).restore],
+            before=scan(), rescan=scan, owned=owned, runs=self.config.num_warmups,
+        )
         try:
-            # 3-4. Warmup and purity.
-            outputs = self._warmups(entry, args, keywords, state, checked, staged)
-            # 5. Capture.
-            found = reachable.scan(self.fn, _argument_roots(bound, key.tree), skip=self.skip_types)
-            state.restore()
-            entry.outputs = self._static_outputs(outputs.specs, bucket)
-            entry.sliced = tuple(bool(shape) and shape[0] == bucket for shape, _ in outputs.specs)
-            entry.graph = self._capture_graph(entry, build_call, found, state)
-            # 6. Verify.
-            self._verify(entry, outputs, state)
+            try:
+                # 3-4. Warmups, the row probe and purity.
+                outputs = self._warmups(entry, args, keywords, state, watch, build_call, views, rows)
+                # 5. Capture.
+                found = scan()
+                state.restore()
+                entry.outputs = self._static_outputs(outputs.specs, bucket, entry.sliced)
+                entry.graph = self._capture_graph(entry, build_call, found, state)
+                # 6. Verify.
+                self._verify(entry, outputs, state)
+            finally:
+                state.restore()
         except CaptureSafetyError as exc:
             if self.config.on_unsafe_capture == "raise":
                 raise
@@ -265,8 +290,11 @@ class GraphRunner:
                     f"{entry.label}: capture failed on the {self.backend.name} backend: {exc.reason}"
                 ) from exc.__cause__
             return self._fail(entry, f"capture failed on the {self.backend.name} backend: {exc.reason}", exc)
-        finally:
-            state.restore()
+        except _PaddedRaised as exc:
+            # The padded batch raised where eager may not: eager decides, on the real call.
+            entry.eager_result = self.binder.call(self.fn, bound)  # its own exception propagates unchanged
+            return self._fail(entry, f"the function raises on the padded batch of {bucket} rows ({exc.reason}); "
+                                     f"give padding rows values it accepts (padding=...)", exc.__cause__ or exc)
         # 7. Checks.
         entry.check = self._replay_check(entry, static, registry_ids, found, views)
         elapsed = time.perf_counter() - started
@@ -275,7 +303,20 @@ class GraphRunner:
         logger.debug("captured %s in %.3f s", entry.label, elapsed)
         return entry
 
-    def _static_outputs(self, specs: Sequence[tuple[list[int], Any]], bucket: int) -> list[paddle.Tensor]:
+    def _registry_ranges(self) -> Callable[[paddle.Tensor], bool]:
+        """A test for 'this tensor lies inside a registry buffer' (the buffer itself or a view into it)."""
+        ranges = [(tensor.data_ptr(), tensor.data_ptr() + _nbytes(tensor))
+                  for tensor in self.registry_buffers.tensors().values()]
+
+        def owned(tensor: paddle.Tensor) -> bool:
+            pointer = tensor.data_ptr()
+            return any(start <= pointer < end for start, end in ranges)
+
+        return owned
+
+    def _static_outputs(
+        self, specs: Sequence[tuple[list[int], Any]], bucket: int, sliced: Sequence[bool]
+    ) -> list[paddle.Tensor]:
         """The static outputs of a graph of ``bucket``, allocated outside any capture.
 
         Where the backend allows writing into a prefix view, an output whose
@@ -285,8 +326,8 @@ class GraphRunner:
         outputs get tensors of their own.
         """
         outputs = []
-        for index, (shape, dtype) in enumerate(specs):
-            if self.backend.shares_outputs and shape and shape[0] == bucket:
+        for index, ((shape, dtype), cut) in enumerate(zip(specs, sliced)):
+            if self.backend.shares_outputs and cut:
                 key = (index, dtype_name(dtype), tuple(shape[1:]))
                 shared = self._shared_outputs.get(key)
                 if shared is None:
@@ -306,52 +347,115 @@ class GraphRunner:
 
     def _warmups(
         self, entry: GraphEntry, args: tuple[Any, ...], keywords: dict[str, Any], state: _State,
-        checked: list[tuple[str, paddle.Tensor]], staged: list[tuple[str, paddle.Tensor]],
+        watch: CaptureWatch, build_call: Callable[[dict[int, Any]], tuple[tuple[Any, ...], dict[str, Any]]],
+        views: dict[int, paddle.Tensor], rows: int,
     ) -> _WarmupOutputs:
-        """Run the eager warmups and the purity comparisons; returns the first warmup's outputs."""
-        static_before = host_copies([leaf for _, leaf in checked])
-        staged_before = host_copies([view for _, view in staged])
+        """Run the eager warmups, the row probe and the purity comparisons; returns the first warmup's outputs.
+
+        Sets ``entry.tree`` and ``entry.sliced`` (which outputs follow the rows).
+        """
+        bucket = entry.key.bucket
         runs: list[_WarmupOutputs] = []
         for attempt in range(self.config.num_warmups):
             state.restore()
-            with guard.capture_guard(graph=self.name, bucket=entry.key.bucket) if attempt == 0 else _nothing():
-                result = self.fn(*args, **keywords)
+            try:
+                with guard.capture_guard(graph=self.name, bucket=bucket) if attempt == 0 else _nothing():
+                    result = self.fn(*args, **keywords)
+            except GraphCapError:
+                raise
+            except Exception as exc:
+                if rows < bucket:
+                    raise _PaddedRaised(failures.root_cause(exc)) from exc
+                raise  # the real batch itself: eager raises this too, unchanged
             self.stats.count("warmups")
             if entry.tree is None:
                 try:
-                    entry.tree = pytree.OutputTree(result)
+                    entry.tree = pytree.OutputTree(result, known=watch.is_known)
                 except CaptureError as exc:
                     raise _CaptureFailed(str(exc)) from exc
             runs.append(_WarmupOutputs.of(result, state))
             del result
-        # The most specific cause first: an argument changed in place, then a write
-        # into a staged copy, then outputs that differ for another reason.
-        changed = first_difference(static_before, host_copies([leaf for _, leaf in checked]))
-        if changed is not None:
-            # Put back what the warmups advanced: refusing the graph must not also corrupt the caller's state.
-            for (_, leaf), saved in zip(checked, static_before):
-                paddle.assign(paddle.to_tensor(saved), output=leaf)
-            raise CaptureSafetyError(
-                f"{entry.label}: the function changed its static argument {checked[changed][0]!r} in place "
-                f"while warming up, so a graph would freeze one step's value; state a step advances must live "
-                f"in a registry buffer declared restorable (registry.buffers.declare(...)) or adopted "
-                f"(registry.buffers.adopt(...)), or be returned and passed back as an argument"
-            )
-        changed = first_difference(staged_before, host_copies([view for _, view in staged]))
-        if changed is not None:
-            raise CaptureSafetyError(
-                f"{entry.label}: the function writes into its batched argument {staged[changed][0]!r}, which "
-                f"graphcap stages into a copy, so the caller would never see the write; adopt the tensor as a "
-                f"registry buffer (registry.buffers.adopt(...)) or name it in static_args"
-            )
+            watch.after_run()
+        # The most specific cause first: state the function keeps (restored before
+        # raising), then outputs that differ between runs on the same inputs.
+        watch.check()
+        probe = self._probe(entry, state, build_call, views, rows)
         for attempt, other in enumerate(runs[1:], start=2):
             self._compare_outputs(entry, runs[0], other, f"warmup {attempt}", state)
+        entry.sliced = self._row_outputs(entry, runs[0], probe)
         return runs[0]
+
+    def _probe(
+        self, entry: GraphEntry, state: _State,
+        build_call: Callable[[dict[int, Any]], tuple[tuple[Any, ...], dict[str, Any]]],
+        views: dict[int, paddle.Tensor], rows: int,
+    ) -> tuple[int, _WarmupOutputs] | None:
+        """One more run with fewer rows, to tell outputs that follow the rows from those that do not.
+
+        The real rows when the batch is padded, else one row less. None when
+        the bucket has one row, or the function cannot run on other rows (it
+        checks a row count against other inputs): then an output is taken to
+        follow the rows when its first dimension is the bucket.
+        """
+        bucket = entry.key.bucket
+        probe_rows = rows if rows < bucket else bucket - 1
+        if probe_rows < 1:
+            return None
+        state.restore()
+        args, keywords = build_call({index: view[:probe_rows] for index, view in views.items()})
+        try:
+            result = self.fn(*args, **keywords)
+        except Exception as exc:
+            logger.debug("%s: no row probe (the function refuses %d rows)", entry.label, probe_rows, exc_info=exc)
+            return None
+        # Not a run "on the same inputs": fewer rows may round differently (Paddle's
+        # reductions round by size), so only its shapes and constants are compared.
+        return probe_rows, _WarmupOutputs.of(result, state)
+
+    def _row_outputs(
+        self, entry: GraphEntry, full: _WarmupOutputs, probe: tuple[int, _WarmupOutputs] | None
+    ) -> tuple[bool, ...]:
+        """Which outputs are cut to the call's rows on replay: those whose first dimension follows the rows."""
+        assert entry.tree is not None
+        bucket = entry.key.bucket
+        if probe is None:
+            return tuple(bool(shape) and shape[0] == bucket for shape, _ in full.specs)
+        probe_rows, small = probe
+        if small.structure != full.structure:
+            raise _CaptureFailed(
+                f"the result's structure differs between {probe_rows} and {bucket} rows; graphcap rebuilds one "
+                f"structure per graph"
+            )
+        for (path, a), (_, b) in zip(full.constants, small.constants):
+            if not same_constant(a, b):
+                raise _CaptureFailed(
+                    f"{path} is {b!r} for {probe_rows} rows and {a!r} for {bucket}: a non-tensor result that "
+                    f"depends on the batch size would be frozen at the bucket's value; return it as a tensor"
+                )
+        sliced = []
+        for path, (shape, _), (small_shape, _) in zip(entry.tree.paths, full.specs, small.specs):
+            if shape == small_shape:
+                sliced.append(False)
+            elif shape and small_shape and shape[0] == bucket and small_shape[0] == probe_rows \
+                    and shape[1:] == small_shape[1:]:
+                sliced.append(True)
+            else:
+                raise _CaptureFailed(
+                    f"{path} has shape {small_shape} for {probe_rows} rows and {shape} for {bucket}: its rows are "
+                    f"not its first dimension, and graphcap cuts outputs to the real rows along the first; "
+                    f"return it with the rows first"
+                )
+        return tuple(sliced)
 
     def _compare_outputs(
         self, entry: GraphEntry, first: _WarmupOutputs, other: _WarmupOutputs, what: str, state: _State
     ) -> None:
         assert entry.tree is not None
+        if first.structure != other.structure:
+            raise CaptureSafetyError(
+                f"{entry.label}: warmup 1 and {what} return results of different structure on the same inputs, "
+                f"so the function keeps state of its own (a list it appends to?); a graph returns one structure"
+            )
         written = first_difference(first.state, other.state)
         if written is not None:
             raise CaptureSafetyError(
@@ -512,6 +616,7 @@ class _WarmupOutputs:
     specs: list[tuple[list[int], Any]]
     constants: tuple[tuple[str, Any], ...]
     state: list[Any]  # the restorable registry buffers after the run
+    structure: Any
 
     @classmethod
     def of(cls, result: Any, state: _State) -> _WarmupOutputs:
@@ -522,6 +627,7 @@ class _WarmupOutputs:
             specs=[(list(leaf.shape), leaf.dtype) for leaf in leaves],
             constants=pytree.output_constants(result),
             state=host_copies(state.tensors),
+            structure=pytree.output_structure(result),
         )
 
 
