@@ -5,8 +5,9 @@ runs unchanged inside a captured graph or ``paddle.jit.to_static(full_graph=True
 and gives the same tokens there as in eager mode.
 
 Two entry points, both taking their per-row params and seeds from the
-graph-safe op ``build_sampling_params_into`` (which also advances
-``infer_seed`` in place):
+graph-safe op ``build_sampling_params_into`` with ``impl="auto"`` (the C++
+kernel on CPU and CUDA, the portable Paddle-ops kernel on XPU and custom
+devices; it also advances ``infer_seed`` in place):
 
 * ``sample_plain``: non-speculative decoding, one logits row per request;
   seeds advance by 4 per step.
@@ -208,5 +209,6 @@ def sample_speculative(
         out_top_p=out_top_p,
         out_top_k=out_top_k,
         out_seed=out_seed,
+        impl="auto",  # the C++ kernel where built for the place (CPU, CUDA), the portable one elsewhere
     )
     return sample_rows(logits, row_top_p, row_top_k, row_seed, greedy=greedy)

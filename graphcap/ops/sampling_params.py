@@ -1,4 +1,4 @@
-"""``build_sampling_params``: per-row top_p / top_k / seed for a batch, as one C++ op.
+"""``build_sampling_params``: per-row top_p / top_k / seed for a batch, as one graph-safe kernel.
 
 A request produces one or more output rows (tokens to sample). Row ``j`` of
 request ``b`` samples with ``top_p[b]``, ``top_k[b]`` and seed
@@ -11,14 +11,32 @@ address. Two layouts say which rows belong to which request:
   rows for a decoding request (``seq_lens_encoder[b] == 0``), 1 row for a
   prefill request, rows in request order.
 
-Three builders of the same rows live here:
+Batch size (FastDeploy's calling convention): B = ``len(seq_lens_this_time)``.
+``top_p``, ``top_k``, ``infer_seed`` (and ``seq_lens_encoder``) may have more
+rows, ``cu_seqlens_q_output`` more than B + 1: FastDeploy sizes them to the
+maximum batch. Only the first B (B + 1) rows are read, and only the first B
+seeds advance; the rest are left untouched. Fewer rows raise ``OpInputError``.
+
+Two kernels, one semantics, chosen with ``impl``:
+
+* ``"custom"``: the C++ op (``graphcap/ops/csrc/build_sampling_params.cc``, CPU
+  kernel, and ``.cu`` for CUDA on a CUDA build of Paddle).
+* ``"paddle"``: the portable kernel (``graphcap/ops/portable.py``), a
+  composition of standard Paddle ops, bit-identical, for XPU and custom
+  devices (and anywhere else, e.g. to compare).
+* ``"auto"`` (default): the custom kernel where it was built for the inputs'
+  place (CPU; CUDA on a CUDA build), the portable one elsewhere; the choice is
+  logged once per place kind at INFO on the ``graphcap.ops`` logger.
+
+Four builders of the same rows live here:
 
 * ``build_sampling_params`` (eager form) and ``build_sampling_params_into``
-  (capture form, graph-safe) call the C++ op (``graphcap/ops/csrc/build_sampling_params.cc``).
+  (capture form, graph-safe), either kernel.
 * ``build_sampling_params_reference``: numpy with Python ints, the ground truth.
-* ``padding_sampling_params``: the legacy builder from Paddle ops
-  (``repeat_interleave`` with tensor repeats: a host sync, not capturable),
-  kept as a benchmark baseline.
+* ``padding_sampling_params``: FastDeploy's legacy builder, operation for
+  operation (``repeat_interleave`` with tensor repeats: a host sync, not
+  capturable; its seed sum overflows near 2**63), kept as the benchmark
+  baseline.
 
 Padding rule of the op: rows past the real row count (up to the output's row
 count) hold ``top_p 1.0, top_k 0, seed 0`` (``PAD_TOP_P`` / ``PAD_TOP_K`` /
@@ -27,14 +45,17 @@ count) hold ``top_p 1.0, top_k 0, seed 0`` (``PAD_TOP_P`` / ``PAD_TOP_K`` /
 
 from __future__ import annotations
 
+import logging
 import operator
+import threading
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import paddle
 
-from graphcap.errors import OpInputError
+from graphcap.errors import OpBuildError, OpInputError
+from graphcap.ops import portable
 from graphcap.ops._loader import load_ops
 from graphcap.safety import register_graph_safe_op
 
@@ -44,10 +65,12 @@ __all__ = [
     "PAD_SEED",
     "PAD_TOP_K",
     "PAD_TOP_P",
+    "SAMPLING_PARAMS_IMPLS",
     "build_sampling_params",
     "build_sampling_params_into",
     "build_sampling_params_reference",
     "padding_sampling_params",
+    "resolve_impl",
 ]
 
 MAX_INFER_SEED = 9223372036854775806
@@ -65,6 +88,79 @@ PAD_SEED = 0
 
 # Malformed inputs raise OpInputError (a StaticBufferError), naming the input.
 _InputError = OpInputError
+
+logger = logging.getLogger("graphcap.ops")
+
+SAMPLING_PARAMS_IMPLS = ("auto", "custom", "paddle")
+"""Values of ``impl``: ``auto`` picks per place, ``custom`` is the C++ op, ``paddle`` the portable kernel."""
+
+# impl="auto": place kind -> chosen impl, decided (and logged) once per kind.
+_AUTO_CHOICES: dict[str, str] = {}
+_AUTO_LOCK = threading.Lock()
+
+
+def _place_kind(tensor: Any) -> str:
+    """``cpu``, ``gpu``, ``xpu`` or ``custom:<type>`` for ``tensor``'s place.
+
+    Under ``paddle.jit.to_static`` a traced value has no place; the program
+    runs on ``paddle.get_device()``, so that decides.
+    """
+    place = getattr(tensor, "place", None) if paddle.in_dynamic_mode() else None
+    if place is None:
+        device = paddle.get_device()
+        kind = device.split(":", 1)[0]
+        return kind if kind in ("cpu", "gpu", "xpu") else f"custom:{kind}"
+    if place.is_cpu_place():
+        return "cpu"
+    if place.is_gpu_place():
+        return "gpu"
+    if place.is_xpu_place():
+        return "xpu"
+    if place.is_custom_place():
+        return f"custom:{place.get_device_type()}"
+    return str(place)
+
+
+def _auto_choice(kind: str) -> tuple[str, str]:
+    """(impl, why) for ``impl="auto"`` on place kind ``kind``."""
+    if kind == "cpu":
+        where = "the C++ op's CPU kernel"
+    elif kind == "gpu" and paddle.is_compiled_with_cuda():
+        where = "the C++ op's CUDA kernel (this Paddle is a CUDA build)"
+    else:
+        return "paddle", f"the C++ op has no {kind} kernel"
+    try:
+        load_ops()
+    except OpBuildError as exc:
+        logger.warning("build_sampling_params: the C++ op is unavailable (%s); using the portable kernel", exc)
+        return "paddle", "the C++ op could not be built or loaded"
+    return "custom", f"{where} is built"
+
+
+def resolve_impl(impl: str, tensor: Any) -> str:
+    """The kernel (``"custom"`` or ``"paddle"``) that ``impl`` means for inputs like ``tensor``.
+
+    ``"auto"`` picks the custom kernel where it was built for the tensor's
+    place (CPU; CUDA on a CUDA build of Paddle) and the portable one
+    elsewhere (XPU, custom devices), logging the choice once per place kind
+    at INFO. An unknown ``impl`` raises ``OpInputError``.
+    """
+    if impl not in SAMPLING_PARAMS_IMPLS:
+        raise _InputError(f"impl must be one of {SAMPLING_PARAMS_IMPLS} (got {impl!r}); use 'auto' to pick per place")
+    if impl != "auto":
+        return impl
+    kind = _place_kind(tensor)
+    choice = _AUTO_CHOICES.get(kind)
+    if choice is not None:
+        return choice
+    with _AUTO_LOCK:
+        choice = _AUTO_CHOICES.get(kind)
+        if choice is None:
+            choice, why = _auto_choice(kind)
+            _AUTO_CHOICES[kind] = choice
+            label = "custom C++" if choice == "custom" else "portable Paddle-ops"
+            logger.info("build_sampling_params: impl='auto' uses the %s kernel on %s (%s)", label, kind, why)
+    return choice
 
 
 def _pick_layout(cu_seqlens_q_output: Any, seq_lens_encoder: Any) -> tuple[bool, Any]:
@@ -115,24 +211,39 @@ def build_sampling_params(
     token_num_output: int,
     increment_value: int,
     max_seed: int = MAX_INFER_SEED,
+    impl: str = "auto",
 ) -> tuple[paddle.Tensor, paddle.Tensor, paddle.Tensor]:
     """Per-row sampling params for ``token_num_output`` rows (eager form); advances ``infer_seed`` in place.
 
-    Inputs: ``top_p`` float32 [B] (or [B, 1]), ``top_k`` int64 [B],
-    ``infer_seed`` int64 [B], ``seq_lens_this_time`` int32 [B], and exactly one
-    of ``cu_seqlens_q_output`` int32 [B+1] (GPU layout) or ``seq_lens_encoder``
-    int32 [B] (encoder layout). Returns ``(top_p_padding, top_k_padding,
-    topp_seed)``, each ``[token_num_output, 1]`` (float32, int64, int64); rows
-    past the real count are padding (1.0, 0, 0). ``infer_seed`` keeps its
-    ``data_ptr()`` and holds ``(seed + increment_value) mod max_seed`` after.
+    Inputs: ``seq_lens_this_time`` int32 [B] (B is the batch), ``top_p``
+    float32, ``top_k`` int64 and ``infer_seed`` int64, each [>= B] (or
+    [>= B, 1]; rows past B are ignored and left untouched), and exactly one
+    of ``cu_seqlens_q_output`` int32 [>= B+1] (GPU layout) or
+    ``seq_lens_encoder`` int32 [>= B] (encoder layout). Returns
+    ``(top_p_padding, top_k_padding, topp_seed)``, each
+    ``[token_num_output, 1]`` (float32, int64, int64); rows past the real
+    count are padding (1.0, 0, 0). ``infer_seed`` keeps its ``data_ptr()``
+    and its first B rows hold ``(seed + increment_value) mod max_seed`` after.
+    ``impl``: ``"auto"`` (default), ``"custom"`` (C++ op) or ``"paddle"``
+    (portable kernel), see the module docstring.
 
     Constraints: ``token_num_output`` is a host int and becomes the output
     shape, so inside a captured graph it would be frozen at its capture-time
     value; graphs use ``build_sampling_params_into`` instead. Bad dtypes,
-    shapes, decreasing ``cu`` or too few rows raise ``OpInputError``
-    naming the input.
+    shapes or too few rows raise ``OpInputError`` naming the input; the C++
+    CPU kernel also rejects bad values (decreasing ``cu``, negative lengths,
+    more rows than ``token_num_output``), which the portable and CUDA kernels
+    cannot check without a host read (they drop rows past the output).
     """
     cu_layout, lengths = _pick_layout(cu_seqlens_q_output, seq_lens_encoder)
+    if resolve_impl(impl, top_p) == "paddle":
+        return portable.sampling_params(
+            top_p=top_p, top_k=top_k, infer_seed=infer_seed, seq_lens_this_time=seq_lens_this_time,
+            lengths=lengths, cu_layout=cu_layout,
+            token_num_output=_host_int(token_num_output, "token_num_output"),
+            increment_value=_host_int(increment_value, "increment_value"),
+            max_seed=_host_int(max_seed, "max_seed"),
+        )
     ops = load_ops()
     op = ops.graphcap_sampling_params_cu if cu_layout else ops.graphcap_sampling_params_enc
     outs = _run(
@@ -170,10 +281,11 @@ def build_sampling_params_into(
     out_top_p: paddle.Tensor,
     out_top_k: paddle.Tensor,
     out_seed: paddle.Tensor,
+    impl: str = "auto",
 ) -> tuple[paddle.Tensor, paddle.Tensor, paddle.Tensor]:
     """Capture form: write per-row params into caller-owned static outputs; graph-safe.
 
-    Same inputs and row semantics as ``build_sampling_params``. The outputs
+    Same inputs, row semantics and ``impl`` as ``build_sampling_params``. The outputs
     ``out_top_p`` (float32), ``out_top_k`` and ``out_seed`` (int64), each
     ``[rows_capacity, 1]`` (or ``[rows_capacity]``), are written in place:
     their addresses never change, and rows from the real row count up to
@@ -186,11 +298,20 @@ def build_sampling_params_into(
     Returns the three outputs as the op hands them back; in eager mode they
     are the caller's tensors, inside ``paddle.jit.to_static`` they are the
     values that carry the write, so later ops must read these, not the
-    arguments. Raises ``OpInputError`` (naming the input) when the real
-    row count exceeds ``rows_capacity`` or an input is malformed (on CPU; the
-    CUDA kernel drops rows past the capacity instead of raising).
+    arguments. Raises ``OpInputError`` (naming the input) when an input
+    has a wrong dtype or shape, and, with the C++ CPU kernel, when the real
+    row count exceeds ``rows_capacity`` or a length is malformed (the CUDA
+    and portable kernels drop rows past the capacity instead of raising).
     """
     cu_layout, lengths = _pick_layout(cu_seqlens_q_output, seq_lens_encoder)
+    if resolve_impl(impl, top_p) == "paddle":
+        return portable.sampling_params_into(
+            top_p=top_p, top_k=top_k, infer_seed=infer_seed, seq_lens_this_time=seq_lens_this_time,
+            lengths=lengths, cu_layout=cu_layout,
+            increment_value=_host_int(increment_value, "increment_value"),
+            max_seed=_host_int(max_seed, "max_seed"),
+            out_top_p=out_top_p, out_top_k=out_top_k, out_seed=out_seed,
+        )
     ops = load_ops()
     op = ops.graphcap_sampling_params_cu_into if cu_layout else ops.graphcap_sampling_params_enc_into
     outs = _run(
@@ -210,29 +331,35 @@ def build_sampling_params_into(
     return outs[1], outs[2], outs[3]
 
 
+def _at_least(values: np.ndarray, name: str, batch: int, extra: int = 0) -> np.ndarray:
+    """The first ``batch + extra`` rows of ``values``; fewer raise like the op (FastDeploy's convention)."""
+    if values.shape[0] < batch + extra:
+        need = f"B + 1 = {batch + 1}" if extra else f"B = {batch}"
+        raise _InputError(
+            f"{name} has {values.shape[0]} rows but seq_lens_this_time has B = {batch} requests; "
+            f"pass at least {need} rows of {name} (rows past them are ignored)"
+        )
+    return values[: batch + extra]
+
+
 def _rows_per_request(
     seq_lens_this_time: np.ndarray,
     cu_seqlens_q_output: np.ndarray | None,
     seq_lens_encoder: np.ndarray | None,
 ) -> np.ndarray:
     slt = np.asarray(seq_lens_this_time).reshape(-1).astype(np.int64)
+    batch = slt.shape[0]
     if np.any(slt < 0):
         raise _InputError(f"seq_lens_this_time must be non-negative (got min {slt.min()})")
     if cu_seqlens_q_output is not None:
-        cu = np.asarray(cu_seqlens_q_output).reshape(-1).astype(np.int64)
-        if cu.shape[0] != slt.shape[0] + 1:
-            raise _InputError(
-                f"cu_seqlens_q_output must have B + 1 = {slt.shape[0] + 1} rows (got {cu.shape[0]})"
-            )
+        cu = _at_least(np.asarray(cu_seqlens_q_output).reshape(-1).astype(np.int64), "cu_seqlens_q_output", batch, 1)
         if cu[0] != 0:
             raise _InputError(f"cu_seqlens_q_output[0] must be 0 (got {cu[0]})")
         rows = np.diff(cu)
         if np.any(rows < 0):
             raise _InputError("cu_seqlens_q_output must be non-decreasing")
         return rows
-    enc = np.asarray(seq_lens_encoder).reshape(-1).astype(np.int64)
-    if enc.shape[0] != slt.shape[0]:
-        raise _InputError(f"seq_lens_encoder must have B = {slt.shape[0]} rows (got {enc.shape[0]})")
+    enc = _at_least(np.asarray(seq_lens_encoder).reshape(-1).astype(np.int64), "seq_lens_encoder", batch)
     if np.any(enc < 0):
         raise _InputError(f"seq_lens_encoder must be non-negative (got min {enc.min()})")
     return np.where(enc > 0, 1, slt)
@@ -252,17 +379,22 @@ def build_sampling_params_reference(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Numpy ground truth of the op; exact modular arithmetic with Python ints.
 
-    Same keywords as ``build_sampling_params`` with numpy arrays. Returns
-    ``(top_p_padding [N,1] float32, top_k_padding [N,1] int64, topp_seed [N,1]
-    int64, new_infer_seed [B] int64)`` with ``N = token_num_output``; rows past
+    Same keywords as ``build_sampling_params`` with numpy arrays, and the same
+    batch convention (B = ``len(seq_lens_this_time)``; longer per-request
+    inputs are read for their first B rows). Returns ``(top_p_padding [N,1]
+    float32, top_k_padding [N,1] int64, topp_seed [N,1] int64,
+    new_infer_seed)`` with ``N = token_num_output``; ``new_infer_seed`` has
+    ``infer_seed``'s rows, the first B advanced, the rest as given. Rows past
     the real count are padding (1.0, 0, 0). Inputs are not modified. Used for
     the capture form too: pass ``token_num_output = rows_capacity``.
     """
     cu_layout, _ = _pick_layout(cu_seqlens_q_output, seq_lens_encoder)
     rows = _rows_per_request(seq_lens_this_time, cu_seqlens_q_output if cu_layout else None, seq_lens_encoder)
-    p = np.asarray(top_p, dtype=np.float32).reshape(-1)
-    k = np.asarray(top_k, dtype=np.int64).reshape(-1)
-    seeds = [int(s) for s in np.asarray(infer_seed, dtype=np.int64).reshape(-1)]
+    batch = rows.shape[0]
+    p = _at_least(np.asarray(top_p, dtype=np.float32).reshape(-1), "top_p", batch)
+    k = _at_least(np.asarray(top_k, dtype=np.int64).reshape(-1), "top_k", batch)
+    all_seeds = np.asarray(infer_seed, dtype=np.int64).reshape(-1)
+    seeds = [int(s) for s in _at_least(all_seeds, "infer_seed", batch)]
     total = int(rows.sum())
     if total > token_num_output:
         raise _InputError(f"the batch needs {total} rows but token_num_output is {token_num_output}")
@@ -276,16 +408,9 @@ def build_sampling_params_reference(
             out_k[row, 0] = k[b]
             out_s[row, 0] = (seeds[b] + 4 * j) % max_seed
             row += 1
-    new_seed = np.array([(s + increment_value) % max_seed for s in seeds], dtype=np.int64)
+    new_seed = all_seeds.copy()
+    new_seed[:batch] = [(s + increment_value) % max_seed for s in seeds]
     return out_p, out_k, out_s, new_seed
-
-
-def _add_mod(a: paddle.Tensor, b: paddle.Tensor, m: int) -> paddle.Tensor:
-    """(a + b) mod m for int64 a, b in [0, m) without forming an overflowing a + b."""
-    # m as a tensor: ``m - b`` with a Python int goes through a float scale op
-    # and loses the low bits of values near 2**63.
-    gap = paddle.full(b.shape, m, dtype="int64") - b
-    return paddle.where(a >= gap, a - gap, a + b)
 
 
 @paddle.jit.not_to_static
@@ -301,39 +426,62 @@ def padding_sampling_params(
     max_seed: int = MAX_INFER_SEED,
     advance_seed: bool = False,
 ) -> tuple[paddle.Tensor, paddle.Tensor, paddle.Tensor]:
-    """Legacy builder from Paddle ops: a benchmark baseline, NOT graph-safe.
+    """FastDeploy's legacy builder, operation for operation: the benchmark baseline, NOT graph-safe.
 
-    Builds the same real rows as the op (no padding rows: the output has
-    exactly as many rows as the batch needs, a value-dependent shape) with
-    ``repeat_interleave`` over tensor repeats, which syncs with the host and
-    cannot be captured. Returns ``(top_p_padding, top_k_padding, topp_seed)``,
-    each ``[rows, 1]``.
+    Mirrors ``padding_sampling_params`` of FastDeploy's
+    ``fastdeploy/model_executor/layers/sample/sampler.py`` (the seeded
+    version the ``build_sampling_params`` op replaced), the same Paddle ops in
+    the same order: the repeats ``where`` (computed twice, as there), three
+    ``repeat_interleave`` with tensor repeats for the params and seeds, a
+    fourth for the request id of each row, ``cumsum``, two ``arange``, two
+    ``gather``, the decode-row ``where`` and ``(seed + offset) % max_seed``
+    written into the seed column. The output has exactly as many rows as the
+    batch needs (a value-dependent shape, no padding rows), each of
+    ``(top_p_padding, top_k_padding, topp_seed)`` is ``[rows, 1]``, and
+    ``repeat_interleave`` syncs with the host, so it cannot be captured.
 
-    Seeds: the engines' original builder never advanced ``infer_seed`` (the
-    bug this op fixes), so by default neither does this one; pass
-    ``advance_seed=True`` to add ``increment_value`` mod ``max_seed`` in place
-    (``paddle.assign(..., output=infer_seed)``, same address) and do the same
-    work as the op. Unlike the original, the seed arithmetic here is exact
-    near 2**63 (no ``seed + 4*j`` overflow), so its rows match the op's.
+    Layouts: FastDeploy's builder takes ``seq_lens_encoder``; with
+    ``cu_seqlens_q_output`` the repeats are ``cu[1:B+1] - cu[:B]`` instead of
+    the ``where`` and every row is a decode row (no decode-row ``where``).
+
+    As in FastDeploy, B = ``len(seq_lens_this_time)`` and longer inputs are
+    sliced. Its seed sum ``seed + 4*j`` is not reduced first, so for seeds
+    within ``4*j`` of 2**63 it overflows int64 and the row seed is wrong (the
+    op's arithmetic is exact); elsewhere the rows equal the op's.
+
+    Seeds: the builder itself never advanced ``infer_seed`` (FastDeploy's
+    runner did, apart), so by default neither does this one;
+    ``advance_seed=True`` adds that runner step, ``(seed + increment_value)
+    % max_seed`` written in place (``paddle.assign(..., output=infer_seed)``,
+    same address, first B rows), with the same overflow near 2**63.
     """
     cu_layout, lengths = _pick_layout(cu_seqlens_q_output, seq_lens_encoder)
+    real_bsz = seq_lens_this_time.shape[0]
+
+    def rows_per_request() -> paddle.Tensor:
+        if cu_layout:
+            return lengths[1 : real_bsz + 1] - lengths[:real_bsz]
+        return paddle.where(lengths[:real_bsz] == 0, seq_lens_this_time, paddle.ones_like(seq_lens_this_time))
+
+    repeats = rows_per_request()
+    top_p_padding = paddle.repeat_interleave(top_p[:real_bsz], repeats).unsqueeze(1)
+    top_k_padding = paddle.repeat_interleave(top_k[:real_bsz], repeats).unsqueeze(1)
+    topp_seed = paddle.repeat_interleave(infer_seed[:real_bsz], repeats).unsqueeze(1)
+    token_lens = rows_per_request()  # FastDeploy computes the repeats a second time
+    batch_start = (paddle.cumsum(token_lens, axis=0, dtype="int64") - token_lens.astype("int64")).reshape([-1])
+    token_batch_ids = paddle.repeat_interleave(paddle.arange(token_lens.shape[0], dtype="int64"), token_lens)
+    token_pos = paddle.arange(topp_seed.shape[0], dtype="int64")
+    local_pos = token_pos - paddle.gather(batch_start, token_batch_ids)
     if cu_layout:
-        repeats = lengths[1:] - lengths[:-1]
+        offsets = local_pos * 4
     else:
-        repeats = paddle.where(lengths > 0, paddle.ones_like(seq_lens_this_time), seq_lens_this_time)
-    repeats = repeats.reshape([-1])
-    top_p_padding = paddle.repeat_interleave(top_p.reshape([-1]), repeats).unsqueeze(1)
-    top_k_padding = paddle.repeat_interleave(top_k.reshape([-1]), repeats).unsqueeze(1)
-    base = paddle.remainder(infer_seed.reshape([-1]), paddle.to_tensor(max_seed, dtype="int64"))
-    seed_rows = paddle.repeat_interleave(base, repeats)
-    # Offset of each row within its request: row index minus the request's first row.
-    repeats64 = repeats.astype("int64")
-    starts = paddle.cumsum(repeats64) - repeats64
-    request_of_row = paddle.repeat_interleave(paddle.arange(repeats.shape[0], dtype="int64"), repeats)
-    offsets = paddle.arange(seed_rows.shape[0], dtype="int64") - paddle.gather(starts, request_of_row)
-    step = paddle.remainder(offsets * 4, paddle.to_tensor(max_seed, dtype="int64"))
-    topp_seed = _add_mod(seed_rows, step, max_seed).unsqueeze(1)
+        is_decoder = paddle.gather(lengths[:real_bsz] == 0, token_batch_ids).reshape([-1])
+        offsets = paddle.where(is_decoder, local_pos * 4, paddle.zeros_like(local_pos))
+    topp_seed[:, 0] = (topp_seed[:, 0] + offsets) % max_seed
     if advance_seed:
-        inc = paddle.full(base.shape, increment_value % max_seed, dtype="int64")
-        paddle.assign(_add_mod(base, inc, max_seed).reshape(infer_seed.shape), output=infer_seed)
+        seeds = infer_seed.reshape([-1])
+        advanced = (seeds[:real_bsz] + increment_value) % max_seed
+        if seeds.shape[0] > real_bsz:
+            advanced = paddle.concat([advanced, seeds[real_bsz:]])
+        paddle.assign(advanced.reshape(infer_seed.shape), output=infer_seed)
     return top_p_padding, top_k_padding, topp_seed

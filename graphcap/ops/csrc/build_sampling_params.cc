@@ -3,13 +3,18 @@
 // infer_seed advanced in place).
 //
 // Semantics (FastDeploy's op):
+//   B = len(seq_lens_this_time) requests. Per-request inputs may have more
+//   rows than B (FastDeploy passes top_p / top_k / infer_seed / seq_lens_encoder
+//   sized to the maximum batch and the lengths sized to the real one): the op
+//   reads their first B rows (cu_seqlens_q_output: first B + 1) and leaves the
+//   rest, infer_seed included, untouched. Fewer rows is an error.
 //   rows of request b
 //     GPU layout (cu_seqlens_q_output int32 [B+1]): [cu[b], cu[b+1])
 //     encoder layout (seq_lens_encoder int32 [B]):  seq_lens_this_time[b] rows
 //       when seq_lens_encoder[b] == 0 (decode), else 1 row (prefill); rows are
 //       laid out in request order.
 //   row j of request b: top_p[b], top_k[b], (infer_seed[b] + 4*j) mod max_seed
-//   then for every b: infer_seed[b] = (infer_seed[b] + increment_value) mod max_seed
+//   then for every b < B: infer_seed[b] = (infer_seed[b] + increment_value) mod max_seed
 //   rows past the real row count (up to the output capacity) are padding:
 //     top_p 1.0, top_k 0, seed 0.
 //
@@ -59,6 +64,18 @@ void CheckLen(const Tensor& t, const char* name, int64_t want,
            got);
 }
 
+// FastDeploy's convention: a per-request input may be sized to the maximum
+// batch; only its first B + extra rows are read (extra = 1 for the prefix
+// offsets cu_seqlens_q_output, 0 otherwise).
+void CheckAtLeast(const Tensor& t, const char* name, int64_t batch,
+                  int64_t extra) {
+  const int64_t got = NumRows(t, name);
+  PD_CHECK(got >= batch + extra, name, " has ", got,
+           " rows but seq_lens_this_time has B = ", batch,
+           " requests; pass at least ", extra ? "B + 1 = " : "B = ",
+           batch + extra, " rows of ", name, " (rows past them are ignored)");
+}
+
 void CheckSamePlace(const Tensor& t, const char* name, const Tensor& ref) {
   PD_CHECK(t.place() == ref.place(), name, " is on ", t.place(),
            " but top_p is on ", ref.place(), "; move all inputs to one device");
@@ -75,16 +92,12 @@ int64_t CheckCommon(const Tensor& top_p, const Tensor& top_k,
   const char* lens_name =
       cu_layout ? "cu_seqlens_q_output" : "seq_lens_encoder";
   CheckDtype(lens, lens_name, DataType::INT32);
-  const int64_t B = NumRows(top_p, "top_p");
-  CheckLen(top_k, "top_k", B, "one per request, like top_p");
-  CheckLen(infer_seed, "infer_seed", B, "one per request, like top_p");
-  CheckLen(seq_lens_this_time, "seq_lens_this_time", B,
-           "one per request, like top_p");
-  if (cu_layout) {
-    CheckLen(lens, lens_name, B + 1, "B + 1 prefix offsets, B = len(top_p)");
-  } else {
-    CheckLen(lens, lens_name, B, "one per request, like top_p");
-  }
+  // B is the real batch: the rows of seq_lens_this_time.
+  const int64_t B = NumRows(seq_lens_this_time, "seq_lens_this_time");
+  CheckAtLeast(top_p, "top_p", B, 0);
+  CheckAtLeast(top_k, "top_k", B, 0);
+  CheckAtLeast(infer_seed, "infer_seed", B, 0);
+  CheckAtLeast(lens, lens_name, B, cu_layout ? 1 : 0);
   CheckSamePlace(top_k, "top_k", top_p);
   CheckSamePlace(infer_seed, "infer_seed", top_p);
   CheckSamePlace(seq_lens_this_time, "seq_lens_this_time", top_p);
@@ -150,7 +163,8 @@ void SamplingParamsCpu(const Tensor& top_p, const Tensor& top_k,
                        Tensor& out_top_k, Tensor& out_seed, int64_t capacity,
                        const char* capacity_name, int64_t increment_value,
                        int64_t max_seed) {
-  const int64_t B = NumRows(top_p, "top_p");
+  // Only the first B rows of the per-request inputs are read or advanced.
+  const int64_t B = NumRows(seq_lens_this_time, "seq_lens_this_time");
   const std::vector<int64_t> start =
       RowStartsCpu(seq_lens_this_time.data<int32_t>(), lens.data<int32_t>(),
                    B, cu_layout, capacity, capacity_name);
@@ -227,7 +241,8 @@ void Dispatch(const Tensor& top_p, const Tensor& top_k, Tensor& infer_seed,
 #ifdef PADDLE_WITH_CUDA
            " and CUDA",
 #endif
-           " only); move the inputs or rebuild graphcap's ops");
+           " only); pass impl=\"paddle\" (or \"auto\") to use the portable "
+           "Paddle-ops kernel, or move the inputs");
 }
 
 // ------------------------------------------------------------ eager form

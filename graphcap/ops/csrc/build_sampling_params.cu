@@ -10,6 +10,10 @@
 // kernels clamp instead: writes stay inside [0, capacity) and negative
 // lengths count as 0.
 //
+// Batch: B = len(seq_lens_this_time). top_p / top_k / infer_seed (and
+// seq_lens_encoder, cu_seqlens_q_output) may have more rows (FastDeploy sizes
+// them to the maximum batch); the kernels touch only the first B (B + 1).
+//
 // Ordering: the rows read infer_seed before it is advanced. The GPU-layout
 // path uses two launches on one stream (rows, then advance); the encoder path
 // is a single block in which each thread advances only the requests whose
@@ -157,7 +161,10 @@ void SamplingParamsCuda(const paddle::Tensor& top_p,
                         paddle::Tensor& out_top_p, paddle::Tensor& out_top_k,
                         paddle::Tensor& out_seed, int64_t capacity,
                         int64_t increment_value, int64_t max_seed) {
-  const int64_t batch = top_p.shape()[0];
+  // B is the real batch (rows of seq_lens_this_time); the per-request inputs
+  // may be sized to the maximum batch, and only their first B rows are read
+  // and (infer_seed) advanced.
+  const int64_t batch = seq_lens_this_time.shape()[0];
   const int64_t increment = ReduceMod(increment_value, max_seed);
   auto stream = top_p.stream();
   if (cu_layout) {
