@@ -187,6 +187,8 @@ class StaticBuffers:
             )
         if count and value.data_ptr() != buf.data_ptr():
             buf[:count] = value
+        elif count and not value.is_contiguous():
+            buf[:count] = value.clone()  # a strided view of this very buffer: copy before overwriting it
         if count < capacity and spec.pad != "keep":
             self._pad(buf, spec, count)
 
@@ -206,6 +208,8 @@ class StaticBuffers:
             )
         if rows and value.data_ptr() != buf.data_ptr():
             buf[:rows] = value
+        elif rows and not value.is_contiguous():
+            buf[:rows] = value.clone()  # a strided view of this very buffer: copy before overwriting it
         if rows < end and spec.pad != "keep":
             self._pad(buf, spec, rows, end)
 

@@ -9,7 +9,9 @@ Decided once per graph at capture, run on every replay in two tiers:
 * every ``address_check_interval``-th replay, and whenever the first tier
   finds something: ``data_ptr()`` and shape of every static leaf, registry
   buffer and reachable tensor, which also catches storage reallocated in
-  place and a buffer reshaped by a different-shaped ``copy_``.
+  place and a buffer reshaped by a different-shaped ``copy_``; and the Python
+  values on those paths (``model.temperature``, a Layer's ``training``),
+  which a graph bakes in.
 
 A failed check returns a ``Problem`` naming the path; the caller raises
 ``AddressStabilityError`` or, for ``on_rebind="recapture"``, recaptures.
@@ -51,6 +53,7 @@ class ReplayCheck:
         edges: Sequence[Edge],
         watched: Sequence[tuple[str, paddle.Tensor]],
         interval: int,
+        values: Sequence[Edge] = (),
     ) -> None:
         """Record what the graph reads now. ``static_leaves``: (leaf index, path, tensor)."""
         self.label = label
@@ -71,6 +74,7 @@ class ReplayCheck:
         self.item_children = [edge.child for edge in item_edges]
         self.item_edges = item_edges
         self.cell_edges = [edge for edge in edges if edge.kind == "cell"]
+        self.values = list(values)
         self.watched_paths = tuple(path for path, _ in watched)
         self.watched = tuple(tensor for _, tensor in watched)
         self.watched_ptrs = tuple(map(_data_ptr, self.watched))
@@ -127,6 +131,14 @@ class ReplayCheck:
                         f"{self.label}: static argument {path!r} has shape {list(after)} but the graph was "
                         f"captured with {list(before)}; keep its shape and update it in place"
                     )
+        for edge in self.values:
+            now_value = edge.current()
+            if now_value is not edge.child and (type(now_value) is not type(edge.child) or now_value != edge.child):
+                return Problem(
+                    f"{self.label}: {edge.path} was {edge.child!r} at capture and is {now_value!r} now; the graph "
+                    f"baked {edge.child!r} in. Pass it as an argument (part of the graph key), or call "
+                    f"registry.reset() after changing it"
+                )
         now = tuple(map(_data_ptr, self.watched))
         shapes = [tensor.shape for tensor in self.watched]
         if now != self.watched_ptrs or shapes != self.watched_shapes:

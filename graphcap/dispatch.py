@@ -164,7 +164,12 @@ class Dispatcher:
                 source = ""
                 if views:
                     view = views.get(leaf.data_ptr())
-                    if view is not None and view[1] is dtype and view[2] == shape[1:]:
+                    # A prefix view starts at the buffer and is contiguous; a strided view
+                    # (buf[0:6:2], m.T[:3]) shares the address but not the layout. (Paddle
+                    # calls an empty view non-contiguous: with no rows, there is no layout.)
+                    if view is not None and view[1] is dtype and view[2] == shape[1:] and (
+                        not rows or leaf.is_contiguous()
+                    ):
                         source = view[0]
                 append((BATCHED, dtype_key, shape[1:], source))
             else:

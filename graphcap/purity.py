@@ -128,6 +128,7 @@ class CaptureWatch:
         self.rescan = rescan
         self.owned = owned
         self.before_edges = [edge for edge in before.edges if edge.kind != "none"]
+        self.before_values = list(before.values)
         self._known = {id(tensor) for _, tensor in before.tensors.values()} | {id(t) for _, t in static_leaves}
         self.before_tensors = self._watched_tensors(before)
         # Put back on failure: exact copies of what can be copied.
@@ -137,6 +138,7 @@ class CaptureWatch:
         self.staged_before = [fingerprint(view) for _, view in self.staged]
         self.expected = runs
         self.edges = [edge for edge in before.edges if edge.kind != "none"]
+        self.value_edges = list(before.values)
         self.tensors = self.before_tensors
         self.first: dict[str, Any] | None = self._record() if runs == 1 else None
         self.last: dict[str, Any] | None = None
@@ -170,6 +172,7 @@ class CaptureWatch:
                 return
             found = self.rescan()
             self.edges = [edge for edge in found.edges if edge.kind != "none"]
+            self.value_edges = list(found.values)
             self.tensors = self._watched_tensors(found)
             self.first = self._record()
         else:
@@ -181,6 +184,7 @@ class CaptureWatch:
             "reachable": [fingerprint(tensor) for _, tensor in self.tensors],
             "adopted": [fingerprint(tensor) for _, tensor in self.adopted],
             "edges": [edge.current() for edge in self.edges],
+            "values": [edge.current() for edge in self.value_edges],
         }
 
     def check(self) -> None:
@@ -208,6 +212,10 @@ class CaptureWatch:
                 return (f"two runs on the same inputs left registry buffer {name!r} different: an adopted buffer "
                         f"(restore=False) may only be rewritten with the same values, as a KV cache is; declare "
                         f"state a step advances with restore=True")
+        for edge, a, b in zip(self.value_edges, first["values"], last["values"]):
+            if a is not b and (type(a) is not type(b) or a != b):
+                return (f"the function changes {edge.path} (a Python value: {a!r}, then {b!r}) on every call, and "
+                        f"a graph replays no Python; keep such counters in a registry buffer")
         for edge, a, b in zip(self.edges, first["edges"], last["edges"]):
             if a is not b:
                 return (f"the function rebinds {edge.path} on every call (as a cache that replaces its tensors "
@@ -217,7 +225,7 @@ class CaptureWatch:
 
     def restore(self) -> None:
         """Put back the references and the tensors the runs changed, as they were before the first run."""
-        for edge in self.before_edges:
+        for edge in [*self.before_edges, *self.before_values]:
             _rebind(edge)
         for tensor, saved in self.restore_copies:
             if isinstance(saved, np.ndarray) and tuple(tensor.shape) == saved.shape:

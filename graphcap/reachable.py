@@ -40,6 +40,7 @@ __all__ = ["MAX_DEPTH", "MISSING", "Edge", "Reachable", "scan"]
 
 MAX_DEPTH = 8
 _MAX_ITEMS = 4096  # a longer container is not searched item by item
+_SCALARS = (bool, int, float, str, complex)
 
 _SKIP_MODULE_ROOTS = ("paddle", "numpy", "graphcap")
 _STDLIB = os.path.normcase(sysconfig.get_paths()["stdlib"]) + os.sep
@@ -83,6 +84,9 @@ class Reachable:
     function_modules: set[str] = dataclasses.field(default_factory=set)
     # Paths at which the scan met an object of a ``skip`` type (a registry, its buffers).
     skipped: set[str] = dataclasses.field(default_factory=set)
+    # Python scalars (numbers, strings, flags such as a Layer's ``training``) on the same
+    # paths: a graph bakes their values in.
+    values: list[Edge] = dataclasses.field(default_factory=list)
 
     def reads_beyond_arguments(self) -> list[str]:
         """Paths of what the function reads besides its arguments: tensors, and graphcap's registry or buffers."""
@@ -118,9 +122,14 @@ class _Scanner:
         # its walk is in progress stops cycles.
         self.memo: dict[int, bool] = {}
         self.keep: list[Any] = []  # objects whose ids are in memo stay alive during the scan
+        self.classes_seen: dict[type, bool] = {}
 
     # Edges -------------------------------------------------------------------
     def child(self, container: Any, key: Any, value: Any, path: str, depth: int, kind: str = "item") -> bool:
+        if kind != "none" and isinstance(value, _SCALARS) and not str(key).startswith("_"):
+            # A Python value the function may read: a graph bakes it in, so it is watched too.
+            self.found.values.append(Edge(container, key, value, path, kind))
+            return False
         below = self.visit(value, path, depth)
         if below and kind != "none":
             self.found.edges.append(Edge(container, key, value, path, kind))
@@ -200,6 +209,23 @@ class _Scanner:
             for key, item in list(attributes.items()):
                 if key not in _LAYER_TENSOR_DICTS and not isinstance(item, paddle.nn.Layer):
                     below |= self.child(attributes, key, item, f"{path}.{key}", depth + 1, "item")
+        below |= self.layer_class(type(layer), depth)
+        return below
+
+    def layer_class(self, kind: type, depth: int) -> bool:
+        """Tensors a Layer class holds itself, and the globals its ``forward`` reads (once per class)."""
+        if kind in self.classes_seen:
+            return self.classes_seen[kind]
+        self.classes_seen[kind] = False
+        below = False
+        name = f"{kind.__module__}.{kind.__qualname__}"
+        for key, item in list(vars(kind).items()):
+            if isinstance(item, paddle.Tensor):
+                below |= self.child(vars(kind), key, item, f"{name}.{key}", depth + 1, "none")
+        forward = vars(kind).get("forward")
+        if isinstance(forward, types.FunctionType) and not _is_library_function(forward):
+            below |= self.root_function(forward, kind.__module__, depth + 1)
+        self.classes_seen[kind] = below
         return below
 
     def function(self, fn: Any, path: str, depth: int) -> bool:
@@ -219,7 +245,7 @@ class _Scanner:
         return self.root_function(fn, path, depth)
 
     def root_function(self, fn: types.FunctionType, path: str = "", depth: int = 0) -> bool:
-        """Closure cells, defaults and the module globals ``fn``'s code names."""
+        """Closure cells, defaults and the module globals ``fn``'s code names (named ``path.name``)."""
         below = False
         self.found.function_modules.add(fn.__module__)
         prefix = f"{path}." if path else ""

@@ -604,7 +604,7 @@ class GraphRunner:
         edges = [edge for edge in found.edges if id(edge.child) not in registry_ids]
         return ReplayCheck(
             label=entry.label, static_leaves=static, registry=self.registry_buffers, edges=edges,
-            watched=watched, interval=self.config.address_check_interval,
+            watched=watched, interval=self.config.address_check_interval, values=found.values,
         )
 
 

@@ -154,7 +154,7 @@ def data_parallel_mtp(rank: int) -> dict[str, Any]:
     stats = synced.stats()
     return {"identical": got == want, "infer_seed_identical": synced.infer_seed() == alone.infer_seed(),
             "steps": run.steps, "collectives": stats["collectives"], "captures": stats["captures"],
-            "per_graph": stats["per_graph"], "eager_fallbacks": stats["eager_fallbacks"]}
+            "per_graph": stats["per_graph"], "eager_fallbacks": stats["eager_fallbacks"], "fallbacks": stats["fallbacks"]}
 
 
 def world_of_one(rank: int) -> dict[str, Any]:

@@ -6,6 +6,8 @@ results are compared with eager; every call it sees is logged with its pool.
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import paddle
 import pytest
@@ -96,12 +98,11 @@ def test_static_backend_keeps_outputs_per_bucket():
 def test_an_exception_inside_capture_still_ends_capture_and_falls_back_to_eager():
     log: list = []
     reg = registry(log, sizes=(2,), num_warmups=1)
-    calls = {"n": 0}
+    calls = itertools.count(1)
 
     @reg.graphed("t", batch_arg="x")
     def fwd(*, x):
-        calls["n"] += 1
-        if calls["n"] == 3:  # after the warmup and the row probe: the run inside capture_begin/capture_end
+        if next(calls) == 3:  # after the warmup and the row probe: the run inside capture_begin/capture_end
             raise RuntimeError("cudaErrorStreamCaptureUnsupported (simulated)")
         return x * 3
 
