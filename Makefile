@@ -29,7 +29,7 @@ test: op
 	GRAPHCAP_REQUIRE_PADDLEFORMERS=1 $(PY) -m pytest -q -p no:cacheprovider
 
 lint: $(STAMP)
-	$(PY) -m ruff check graphcap tests benchmarks
+	$(PY) -m ruff check graphcap tests benchmarks examples
 
 demo: op
 	GLOG_minloglevel=2 $(PY) -m graphcap demo --json $(RUNS)/demo.json

@@ -116,7 +116,7 @@ def moved_buffer_at_replay() -> None:
     reg = new_registry()
     table = reg.buffers.declare("table", [8, 2], "float32")
 
-    def lookup(*, x):
+    def lookup(*, x: paddle.Tensor) -> paddle.Tensor:
         return x + reg.buffers.table.sum()
 
     lookup = reg.graphed("lookup", batch_arg="x")(lookup)
