@@ -27,8 +27,9 @@ from __future__ import annotations
 import numpy as np
 import paddle
 
+from graphcap.ops import portable
 from graphcap.ops._loader import load_ops
-from graphcap.ops.sampling_params import MAX_INFER_SEED, build_sampling_params_into
+from graphcap.ops.sampling_params import MAX_INFER_SEED, build_sampling_params_into, resolve_impl
 from graphcap.safety import register_graph_safe_op
 
 __all__ = [
@@ -49,8 +50,15 @@ _MASK64 = (1 << 64) - 1
 
 @paddle.jit.not_to_static
 @register_graph_safe_op("seeded_uniform", note="float32 [R] from int64 seeds via splitmix64; static shape")
-def seeded_uniform(seed: paddle.Tensor) -> paddle.Tensor:
-    """Deterministic uniform in [0, 1) per row: splitmix64(seed) top 24 bits; ``seed`` int64 [R] or [R, 1] -> float32 [R]."""
+def seeded_uniform(seed: paddle.Tensor, *, impl: str = "auto") -> paddle.Tensor:
+    """Deterministic uniform in [0, 1) per row: splitmix64(seed) top 24 bits; ``seed`` int64 [R] or [R, 1] -> float32 [R].
+
+    ``impl`` as for ``build_sampling_params``: the C++ op where it was built
+    for the seeds' place, the portable Paddle-ops form elsewhere (XPU); both
+    give the same bits.
+    """
+    if resolve_impl(impl, seed) == "paddle":
+        return portable.seeded_uniform(seed)
     return load_ops().graphcap_seeded_uniform(seed)
 
 

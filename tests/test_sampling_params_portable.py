@@ -409,35 +409,61 @@ def test_explicit_custom_and_paddle_are_never_rerouted(monkeypatch):
 def test_the_mtp_engine_on_a_place_without_the_op_gives_the_same_tokens_and_seeds(fresh_auto, monkeypatch):
     from graphcap.models.corpus import make_prompts
     from graphcap.models.tiny_lm import load_tiny_lm
-    from graphcap.mtp.engine import MTPEngine, Request
+    from graphcap.mtp.engine import MTPEngine, Request, SamplingOptions
 
     requests = [Request(prompt=prompt, max_new_tokens=8, seed=MAX_INFER_SEED - 9 - i, top_p=0.8, top_k=16)
                 for i, prompt in enumerate(make_prompts(4, seed=3))]
 
     def run(config):
-        engine = MTPEngine(config, max_batch=4, bundle=load_tiny_lm(4))
+        engine = MTPEngine(config, max_batch=4, bundle=load_tiny_lm(4), sampling=SamplingOptions(greedy=False))
         tokens, _ = engine.generate(requests)
         return tokens, engine.infer_seed(), engine.stats()
 
     want_tokens, want_seeds, _ = run(GraphConfig(use_graph=False, num_speculative_tokens=2))
 
-    real = portable.sampling_params_into
-    calls = []
+    real_params, real_uniform = portable.sampling_params_into, portable.seeded_uniform
+    calls: dict[str, int] = {"params": 0, "uniform": 0}
 
-    def spy(**kwargs):
-        calls.append(1)
-        return real(**kwargs)
+    def params_spy(**kwargs):
+        calls["params"] += 1
+        return real_params(**kwargs)
 
-    # The samplers pass impl="auto"; on a simulated XPU place it picks the portable kernel. (The
-    # sampler's other custom op, seeded_uniform, has no portable form yet and still runs its C++
-    # CPU kernel here: this shows the sampling-params path, not a whole engine on XPU.)
+    def uniform_spy(seed):
+        calls["uniform"] += 1
+        return real_uniform(seed)
+
+    # The samplers pass impl="auto"; on a simulated XPU place both of their kernels
+    # (sampling params and the seeded uniform) take the portable Paddle-ops form.
     monkeypatch.setattr(sp, "_place_kind", lambda tensor: "xpu")
-    monkeypatch.setattr(portable, "sampling_params_into", spy)
+    monkeypatch.setattr(portable, "sampling_params_into", params_spy)
+    monkeypatch.setattr(portable, "seeded_uniform", uniform_spy)
     for config in (GraphConfig(use_graph=False, num_speculative_tokens=2),
                    GraphConfig(use_graph=True, backend="static", num_speculative_tokens=2, max_capture_size=4)):
-        calls.clear()
+        calls.update(params=0, uniform=0)
         tokens, seeds, stats = run(config)
-        assert calls  # the portable kernel sampled
+        assert calls["params"] and calls["uniform"]  # no custom op in the sampling path
         assert tokens == want_tokens and seeds == want_seeds
         if config.use_graph:
             assert stats["replays"] > 0 and stats["eager_fallbacks"] == 0
+
+
+# ------------------------------------------------------------ seeded uniform
+
+
+def test_portable_seeded_uniform_is_bit_identical_to_the_op_and_the_reference():
+    from graphcap.sampling import seeded_uniform, seeded_uniform_reference
+
+    rng = np.random.default_rng(11)
+    extremes = np.array([0, 1, -1, 2**63 - 1, -(2**63), MAX_INFER_SEED, 2147483646], dtype=np.int64)
+    seeds = np.concatenate([rng.integers(-(2**63), 2**63 - 1, size=4096, dtype=np.int64), extremes])
+    tensor = paddle.to_tensor(seeds)
+    want = seeded_uniform_reference(seeds)
+    np.testing.assert_array_equal(seeded_uniform(tensor, impl="paddle").numpy(), want)
+    np.testing.assert_array_equal(seeded_uniform(tensor, impl="custom").numpy(), want)
+    out = paddle.zeros([seeds.size], dtype="float32")
+
+    def traced() -> None:
+        paddle.assign(seeded_uniform(tensor, impl="paddle"), output=out)
+
+    paddle.jit.to_static(traced, full_graph=True)()
+    np.testing.assert_array_equal(out.numpy(), want)  # the same bits inside a trace

@@ -420,3 +420,41 @@ def _write_outputs(
     if paddle.in_dynamic_mode():
         return outputs
     return shaped[0], shaped[1], shaped[2]
+
+
+# ------------------------------------------------------------ seeded uniform
+
+_SPLITMIX_GAMMA = 0x9E3779B97F4A7C15
+_SPLITMIX_MUL1 = 0xBF58476D1CE4E5B9
+_SPLITMIX_MUL2 = 0x94D049BB133111EB
+
+
+def _u64_const(value: int, place: Any) -> paddle.Tensor:
+    """int64 [1] with the bits of the unsigned 64-bit ``value`` (two's complement), exact."""
+    if value < (1 << 63):
+        return _const(value, place)
+    magnitude = (1 << 64) - value  # the signed value is -magnitude, 0 < magnitude <= 2**63 - 1 here
+    return _cached(("u64", str(place), value), lambda: paddle.full([1], 0, dtype="int64") - _exact_full(magnitude))
+
+
+def _shift_right(x: paddle.Tensor, bits: int) -> paddle.Tensor:
+    """Logical right shift of int64 bits (the sign bit shifts in as 0)."""
+    return paddle.bitwise_right_shift(x, paddle.full([1], bits, dtype="int64"), is_arithmetic=False)
+
+
+def seeded_uniform(seed: paddle.Tensor) -> paddle.Tensor:
+    """splitmix64(seed), top 24 bits, as float32 in [0, 1): bit-identical to the C++ ``seeded_uniform``.
+
+    Standard Paddle ops only: int64 additions and multiplications wrap modulo
+    2^64 like the C++ ``uint64_t`` ones, shifts are logical, and the large
+    constants are built exactly (never as Python ints near 2^63, which
+    to_static rounds). ``seed`` int64 [R] or [R, 1] -> float32 [R].
+    """
+    place = seed.place if paddle.in_dynamic_mode() else None
+    with _on_place(place):
+        z = seed.reshape([-1]) + _u64_const(_SPLITMIX_GAMMA, place)
+        z = paddle.bitwise_xor(z, _shift_right(z, 30)) * _u64_const(_SPLITMIX_MUL1, place)
+        z = paddle.bitwise_xor(z, _shift_right(z, 27)) * _u64_const(_SPLITMIX_MUL2, place)
+        z = paddle.bitwise_xor(z, _shift_right(z, 31))
+        top = _shift_right(z, 40).astype("float32")
+        return top * paddle.full([1], 1.0 / 16777216.0, dtype="float32")
