@@ -13,6 +13,8 @@ import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import paddle
+
 from graphcap.errors import CaptureError
 
 __all__ = ["CallBinder"]
@@ -26,7 +28,9 @@ class CallBinder:
     def __init__(self, fn: Callable[..., Any], *, name: str) -> None:
         """Read ``fn``'s signature once; ``name`` appears in errors."""
         self.name = name
-        self.signature = inspect.signature(fn)
+        # A Layer is called through __call__(*inputs, **kwargs): its arguments are forward's.
+        target = fn.forward if isinstance(fn, paddle.nn.Layer) else fn
+        self.signature = inspect.signature(target)
         params = self.signature.parameters.values()
         self.var_positional = next((p.name for p in params if p.kind is _P.VAR_POSITIONAL), None)
         self.var_keyword = next((p.name for p in params if p.kind is _P.VAR_KEYWORD), None)

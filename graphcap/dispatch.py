@@ -20,6 +20,7 @@ exactly when a graph captured for one is right for the other.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -72,6 +73,16 @@ def leaf_is_batched(entry: tuple[Any, ...]) -> bool:
     return entry[0] == BATCHED
 
 
+def normalize_path(path: str) -> str:
+    """An argument path as graphcap writes it: ``state["table"]`` and ``state['table']`` are one path."""
+    return re.sub(r'\["([^"\']*)"\]', r"['\1']", path.strip())
+
+
+def path_root(path: str) -> str:
+    """The argument a path starts from: ``cache`` for ``cache.keys[0]``."""
+    return re.split(r"[.\[]", path, maxsplit=1)[0]
+
+
 class _TreeInfo(NamedTuple):
     paths: tuple[str, ...]
     overrides: tuple[str | None, ...]  # per leaf: "static", "batched" or None (decide by shape)
@@ -95,8 +106,8 @@ class Dispatcher:
         self.batch_arg = batch_arg
         self.buckets = buckets
         self.registry_buffers = registry_buffers
-        self.static_args = frozenset(static_args)
-        self.batched_args = frozenset(batched_args)
+        self.static_args = frozenset(normalize_path(path) for path in static_args)
+        self.batched_args = frozenset(normalize_path(path) for path in batched_args)
         self._has_overrides = bool(self.static_args or self.batched_args)
         overlap = self.static_args & self.batched_args
         if overlap:
@@ -185,6 +196,10 @@ class Dispatcher:
             f"arguments are part of the graph key; pass it as a tensor, as a hashable value (a tuple, not a "
             f"list of numbers), or bind it outside the call (a closure or functools.partial)"
         )
+
+    def clear(self) -> None:
+        """Forget the per-tree caches (they hold the argument values they were built from)."""
+        self._trees.clear()
 
     def _overrides(self, tree: Any) -> tuple[str | None, ...]:
         try:

@@ -221,7 +221,8 @@ class _Scanner:
         name = f"{kind.__module__}.{kind.__qualname__}"
         for key, item in list(vars(kind).items()):
             if isinstance(item, paddle.Tensor):
-                below |= self.child(vars(kind), key, item, f"{name}.{key}", depth + 1, "none")
+                # Checked like any attribute: rebinding the class's tensor is rebinding what the graph reads.
+                below |= self.child(vars(kind), key, item, f"{name}.{key}", depth + 1, "item")
         forward = vars(kind).get("forward")
         if isinstance(forward, types.FunctionType) and not _is_library_function(forward):
             below |= self.root_function(forward, kind.__module__, depth + 1)

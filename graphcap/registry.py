@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import gc
+import inspect
 import logging
 import math
 import time
@@ -43,7 +44,7 @@ from graphcap.binding import CallBinder
 from graphcap.buckets import BucketMap, PaddingStats
 from graphcap.buffers import StaticBuffers
 from graphcap.config import GraphConfig
-from graphcap.dispatch import Dispatcher, GraphKey, leaf_is_batched
+from graphcap.dispatch import Dispatcher, GraphKey, leaf_is_batched, path_root
 from graphcap.errors import AddressStabilityError, CaptureError
 from graphcap.runner import NO_RESULT, GraphEntry, GraphRunner
 from graphcap.stats import RegistryStats
@@ -91,6 +92,13 @@ class GraphedFunction:
                 f"batch_arg={batch_arg!r} is not a parameter of {getattr(fn, '__qualname__', fn)}"
                 f"{self.binder.signature}"
             )
+        for path in (*static_args, *batched_args):
+            if not self.binder.accepts(path_root(path)):
+                raise CaptureError(
+                    f"{name}: static_args/batched_args path {path!r} starts from {path_root(path)!r}, which is not "
+                    f"a parameter of {getattr(fn, '__qualname__', fn)}{self.binder.signature}; paths look like "
+                    f"'cache', \"kv[0]\", \"inputs['mask']\" or 'cache.keys[0]'"
+                )
         self._config = registry.config
         self._stats = registry.stats_counters
         self._dispatcher = Dispatcher(
@@ -110,6 +118,8 @@ class GraphedFunction:
         self._step_agreement = lambda: registry.current_step
         # (tree, layout) of the last call: the step agreement's prediction of the next key.
         self._predicted: tuple[Any, tuple[Any, ...]] | None = None
+        # Keys refused for exceeding max_graphs_per_bucket -> the reason (computed once each).
+        self._overflow: dict[GraphKey, str] = {}
         self._progress: Any = None  # the registry's progress bar during capture_all
 
     # Call path -------------------------------------------------------------
@@ -287,17 +297,24 @@ class GraphedFunction:
 
     def _too_many_graphs(self, key: GraphKey) -> str:
         """A fallback reason when ``key`` would exceed ``max_graphs_per_bucket``, else ``""``."""
+        reason = self._overflow.get(key)
+        if reason is not None:
+            return reason
         same_bucket = [other for other in self._entries if other.bucket == key.bucket]
         limit = self._config.max_graphs_per_bucket
         if len(same_bucket) < limit:
             return ""
         paths = self._dispatcher.paths(key.tree)
         varying = sorted(set().union(*(_differences(key, other, paths) for other in same_bucket)))
-        return (
+        reason = (
             f"more than {limit} graphs for one bucket; the arguments that differ between calls are "
             f"{', '.join(varying[:6]) or 'their structure'} (keep their values, shapes and roles steady, "
             f"or raise max_graphs_per_bucket)"
         )
+        if len(self._overflow) >= 256:  # keys that differ every call must not pile up here
+            self._overflow.clear()
+        self._overflow[key] = reason
+        return reason
 
     # Start-up capture -----------------------------------------------------------
     def capture_all(self, example: Mapping[str, Any] | Callable[[int], Mapping[str, Any]] | None = None) -> int:
@@ -321,7 +338,7 @@ class GraphedFunction:
         for bucket in sorted(self.buckets.sizes, reverse=True):
             dummy = dict(example(bucket)) if callable(example) else self._resized(example, bucket)
             decision = self._dispatcher.decide(dummy)
-            if decision.key is not None and self._entries.get(decision.key) is None:
+            if decision.key is not None and self._lookup(decision.key) is None:
                 captured += self._capture(decision.key, dummy, decision.leaves, decision.rows).failure is None
             if self._progress is not None:
                 self._progress.update(1)
@@ -347,6 +364,8 @@ class GraphedFunction:
             entry.release()
         self._entries.clear()
         self._last_call = None
+        self._overflow.clear()
+        self._dispatcher.clear()
 
     @property
     def output_bytes(self) -> int:
@@ -357,6 +376,18 @@ class GraphedFunction:
     def graphs(self) -> int:
         """Live captured graphs of this function."""
         return sum(1 for entry in self._entries.values() if entry.failure is None)
+
+
+def _refuse_unbound_method(fn: Callable[..., Any]) -> None:
+    """A function written in a class body would be graphed without its ``self``: say how to graph it."""
+    qualname = getattr(fn, "__qualname__", "")
+    parts = qualname.split(".")
+    params = list(inspect.signature(fn).parameters) if inspect.isfunction(fn) else []
+    if len(parts) > 1 and parts[-2] != "<locals>" and params[:1] == ["self"]:
+        raise CaptureError(
+            f"{qualname} is a method written in a class body; a graph is captured per object, so graph the bound "
+            f"method of an instance instead: registry.graphed(...)(instance.{parts[-1]})"
+        )
 
 
 def _differences(key: GraphKey, other: GraphKey, paths: Sequence[str]) -> set[str]:
@@ -485,6 +516,7 @@ class CaptureRegistry:
                 return original
             if name in self._functions:
                 raise CaptureError(f"graph name {name!r} is already used in this registry; pick another")
+            _refuse_unbound_method(fn)
             sizes = capture_sizes if capture_sizes is not None else self.config.sizes_for(rows_per_request)
             graphed_fn = GraphedFunction(
                 self, name, fn, batch_arg=batch_arg, static_args=static_args, batched_args=batched_args,

@@ -39,6 +39,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import attrs
+import numpy as np
 import paddle
 
 from graphcap import failures, guard, pytree, reachable
@@ -382,7 +383,7 @@ class GraphRunner:
         probe = self._probe(entry, state, build_call, views, rows)
         for attempt, other in enumerate(runs[1:], start=2):
             self._compare_outputs(entry, runs[0], other, f"warmup {attempt}", state)
-        entry.sliced = self._row_outputs(entry, runs[0], probe)
+        entry.sliced = self._row_outputs(entry, runs[0], probe, rows)
         return runs[0]
 
     def _probe(
@@ -413,7 +414,7 @@ class GraphRunner:
         return probe_rows, _WarmupOutputs.of(result, state)
 
     def _row_outputs(
-        self, entry: GraphEntry, full: _WarmupOutputs, probe: tuple[int, _WarmupOutputs] | None
+        self, entry: GraphEntry, full: _WarmupOutputs, probe: tuple[int, _WarmupOutputs] | None, real_rows: int
     ) -> tuple[bool, ...]:
         """Which outputs are cut to the call's rows on replay: those whose first dimension follows the rows."""
         assert entry.tree is not None
@@ -433,17 +434,30 @@ class GraphRunner:
                     f"depends on the batch size would be frozen at the bucket's value; return it as a tensor"
                 )
         sliced = []
-        for path, (shape, _), (small_shape, _) in zip(entry.tree.paths, full.specs, small.specs):
+        for path, (shape, _), (small_shape, _), value, small_value in zip(
+            entry.tree.paths, full.specs, small.specs, full.values, small.values
+        ):
             if shape == small_shape:
                 sliced.append(False)
             elif shape and small_shape and shape[0] == bucket and small_shape[0] == probe_rows \
                     and shape[1:] == small_shape[1:]:
                 sliced.append(True)
+                value = value[:probe_rows]
             else:
                 raise _CaptureFailed(
                     f"{path} has shape {small_shape} for {probe_rows} rows and {shape} for {bucket}: its rows are "
                     f"not its first dimension, and graphcap cuts outputs to the real rows along the first; "
                     f"return it with the rows first"
+                )
+            # Only a probe with the real rows (a padded call) is the call itself: then every
+            # output must agree. One row less than a full bucket is another batch, and an output
+            # may rightly depend on every row (x + x.sum()), so there only shapes are compared.
+            if probe_rows == real_rows and not _close(value, small_value):
+                raise _CaptureFailed(
+                    f"{path} differs between the padded batch of {bucket} rows and {probe_rows} rows of the same "
+                    f"inputs, beyond rounding: padding changes the result. An argument taken as batched (first "
+                    f"dimension = rows) may not be per-row: name it in static_args; or padding rows need another "
+                    f"value: padding={{...}}"
                 )
         return tuple(sliced)
 
@@ -629,6 +643,16 @@ class _WarmupOutputs:
             state=host_copies(state.tensors),
             structure=pytree.output_structure(result),
         )
+
+
+def _close(a: np.ndarray, b: np.ndarray) -> bool:
+    """Floating outputs agree up to the rounding a different row count causes (Paddle's reductions
+    round by tensor size); other dtypes are not compared (a token argmax may flip on a near-tie)."""
+    if a.shape != b.shape or not np.issubdtype(a.dtype, np.floating) or a.size == 0:
+        return a.shape == b.shape
+    loose = a.dtype.itemsize <= 2  # float16 / bfloat16
+    return bool(np.allclose(a.astype(np.float64), b.astype(np.float64), rtol=2e-2 if loose else 1e-4,
+                            atol=2e-2 if loose else 1e-5, equal_nan=True))
 
 
 def _nbytes(tensor: paddle.Tensor) -> int:

@@ -42,6 +42,7 @@ import dataclasses
 import functools
 import logging
 
+import attrs
 import numpy as np
 import paddle
 import pytest
@@ -282,7 +283,7 @@ def test_role_overrides_by_path(backend):
         assert_same(graphed(x=x, state=state), step(x=x, state=state))
     assert "state['table']" not in graphed.staging and "state['rows']" in graphed.staging
     with pytest.raises(CaptureError, match="both static_args and batched_args"):
-        reg.graphed("u", batch_arg="x", static_args=["a"], batched_args=["a"])(step)
+        reg.graphed("u", batch_arg="x", static_args=["state"], batched_args=["state"])(step)
 
 
 # 4. State of its own is caught at capture ------------------------------------------------
@@ -698,3 +699,276 @@ def test_tensor_defaults_bound_in_a_loop_are_read_by_reference():
     assert_same(graphed(x=x), x * 2.0)
     paddle.assign(paddle.to_tensor([6.0]), output=factor)
     assert_same(graphed(x=x), x * 6.0)
+
+
+# 9. Regressions from the review of the rewrite ---------------------------------------------
+# Each was a silent wrong answer or a corrupted state before its fix; each is compared with
+# calling the function directly.
+
+
+class CountingModel(paddle.nn.Layer):
+    """Keeps a step counter in a buffer and advances it every call: state of its own."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("step", paddle.zeros([1]))
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        paddle.assign(self.step + 1, output=self.step)
+        return x * self.step
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_state_in_a_layer_buffer_is_refused_and_put_back(backend):
+    model = CountingModel()
+    reg = registry(backend)
+    with pytest.raises(CaptureSafetyError, match=r"changed self\.step in place between two runs"):
+        reg.graphed("t", batch_arg="x")(model.forward)(rows(4))
+    assert model.step.numpy().tolist() == [0.0]  # the warmups' advances were put back
+    reg = registry(backend, on_unsafe_capture="eager")
+    graphed = reg.graphed("t", batch_arg="x")(model.forward)
+    for expected in (1.0, 2.0, 3.0):
+        x = rows(4)
+        assert_same(graphed(x), x * expected)  # eager semantics, one advance per call
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_output_sliced_only_when_it_follows_the_rows(backend):
+    reg = registry(backend)
+    seeds = paddle.to_tensor([1, 2, 3, 4])  # [max_batch] = 4, the bucket, by coincidence
+
+    def step(*, x, seeds):
+        return x * 2, seeds + 0
+
+    graphed = reg.graphed("t", batch_arg="x")(step)
+    x = rows(3)
+    assert_same(graphed(x=x, seeds=seeds), step(x=x, seeds=seeds))  # seeds keeps its 4 rows
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_output_with_its_rows_elsewhere_is_refused(backend):
+    reg = registry(backend)
+    graphed = reg.graphed("t", batch_arg="x")(lambda x: x.flatten())
+    x = rows(3)
+    assert_same(graphed(x=x), x.flatten())
+    assert "its rows are not its first dimension" in reg.stats()["fallbacks"][0]["reason"]
+
+
+class Result:
+    """A result class graphcap cannot open (no dataclass, no attrs)."""
+
+    def __init__(self, value: paddle.Tensor) -> None:
+        self.value = value
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_result_object_holding_computed_tensors_is_refused(backend):
+    reg = registry(backend)
+
+    def step(*, x):
+        return Result(x.mean())
+
+    graphed = reg.graphed("t", batch_arg="x")(step)
+    for value in (1.0, 2.0):
+        x = paddle.full([4, 2], value)
+        assert graphed(x=x).value.numpy().tolist() == value  # not the capture's tensor
+    assert "a Result holding tensors the function computed" in reg.stats()["fallbacks"][0]["reason"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_results_whose_structure_changes_are_refused(backend):
+    reg = registry(backend)
+    grown: list[paddle.Tensor] = []
+
+    def step(*, x):
+        grown.append(x * 0 + len(grown))
+        return list(grown)
+
+    with pytest.raises(CaptureSafetyError, match="results of different structure"):
+        reg.graphed("t", batch_arg="x")(step)(x=rows(4))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_adopted_buffer_advanced_every_call_is_refused(backend):
+    reg = registry(backend)
+    steps = paddle.zeros([4])
+    reg.buffers.adopt("steps", steps)  # restore=False: rewritten with the same values only
+
+    def step(*, x):
+        paddle.assign(reg.buffers.steps + 1, output=reg.buffers.steps)
+        return x
+
+    with pytest.raises(CaptureSafetyError, match="registry buffer 'steps' different"):
+        reg.graphed("t", batch_arg="x")(step)(x=rows(4))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_strided_view_of_a_registry_buffer_is_copied_not_read_in_place(backend):
+    reg = registry(backend, capture_sizes=(4,))
+    buf = reg.buffers.declare("ids", [8], "float32")
+    buf[:] = paddle.arange(8, dtype="float32")
+    graphed = reg.graphed("t", batch_arg="x")(lambda x: x * 1)
+    view = buf[0:6:2]  # shares the buffer's address, not its layout
+    assert graphed(x=view).numpy().tolist() == [0.0, 2.0, 4.0]
+    assert buf.numpy().tolist() == list(range(8))  # the buffer itself untouched
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_padding_that_changes_a_result_is_refused(backend):
+    reg = registry(backend)
+
+    def step(*, x, table):
+        return x + table.mean(axis=0)  # table [3, 2]: 3 rows, like the batch, but a table
+
+    graphed = reg.graphed("t", batch_arg="x")(step)
+    table = paddle.arange(6, dtype="float32").reshape([3, 2])
+    x = paddle.zeros([3, 2])
+    assert_same(graphed(x=x, table=table), step(x=x, table=table))
+    assert "padding changes the result" in reg.stats()["fallbacks"][0]["reason"]
+    declared = registry(backend).graphed("t", batch_arg="x", static_args=['table'])(step)  # the fix it names
+    assert_same(declared(x=x, table=table), step(x=x, table=table))
+
+
+def test_override_paths_accept_either_quote_and_name_a_parameter():
+    reg = registry("eager")
+
+    def step(*, x, state):
+        return x + state["table"].mean(axis=0)
+
+    graphed = reg.graphed("t", batch_arg="x", static_args=['state["table"]'])(step)
+    x, state = paddle.zeros([3, 2]), {"table": paddle.ones([3, 2])}
+    assert_same(graphed(x=x, state=state), step(x=x, state=state))
+    assert "state['table']" not in graphed.staging
+    with pytest.raises(CaptureError, match="starts from 'stat', which is not a parameter"):
+        reg.graphed("u", batch_arg="x", static_args=["stat['table']"])(step)
+
+
+class Scaled(paddle.nn.Layer):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = paddle.nn.Linear(2, 2)
+        self.temperature = 1.0
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        return self.lin(x) * self.temperature
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_python_value_changed_after_capture_is_caught(backend):
+    model = Scaled()
+    reg = registry(backend, address_check_interval=1)
+    graphed = reg.graphed("t", batch_arg="x")(model.forward)
+    x = rows(4, 2)
+    assert_same(graphed(x), model(x))
+    model.temperature = 4.0
+    with pytest.raises(AddressStabilityError, match=r"self\.temperature was 1\.0 at capture and is 4\.0 now"):
+        graphed(x)
+
+
+class Rope(paddle.nn.Layer):
+    table = paddle.ones([2])  # a class attribute the forward reads
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        return x * Rope.table
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_rebound_class_attribute_is_caught(backend):
+    model = Rope()
+    reg = registry(backend)
+    graphed = reg.graphed("t", batch_arg="x")(model.forward)
+    x = rows(4, 2)
+    assert_same(graphed(x), model(x))
+    original = Rope.table
+    Rope.table = paddle.full([2], 4.0)
+    try:
+        with pytest.raises(AddressStabilityError, match=r"Rope\.table now holds another"):
+            graphed(x)
+    finally:
+        Rope.table = original
+
+
+@attrs.frozen
+class FrozenMeta:
+    ids: paddle.Tensor
+    scale: float
+
+
+class SlottedMeta:
+    __slots__ = ("ids", "scale")
+
+    def __init__(self, ids: paddle.Tensor, scale: float) -> None:
+        self.ids, self.scale = ids, scale
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kind", [FrozenMeta, SlottedMeta])
+def test_attrs_and_slots_argument_objects_are_opened(backend, kind):
+    reg = registry(backend)
+
+    def step(*, x, meta):
+        return x * meta.scale + meta.ids.unsqueeze(-1).astype("float32")
+
+    graphed = reg.graphed("t", batch_arg="x")(step)
+    for n in (3, 4):
+        x, meta = rows(n), kind(paddle.arange(n), 2.0)
+        assert_same(graphed(x=x, meta=meta), step(x=x, meta=meta))
+    assert "meta.ids" in graphed.staging
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_layer_as_the_function_is_called_positionally(backend):
+    model = TinyModel()
+    graphed = registry(backend).graphed("t", batch_arg="x")(model)
+    x = rows(4)
+    assert_same(graphed(x), model(x))
+
+
+def test_a_method_in_a_class_body_is_refused_with_the_fix():
+    reg = registry("eager")
+    with pytest.raises(CaptureError, match=r"graph the bound method of an instance instead: .*\(instance\.forward\)"):
+
+        class Model:
+            @reg.graphed("t", batch_arg="x")
+            def forward(self, x):
+                return x
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_views_of_an_adopted_cache_are_declared_state(backend):
+    reg = registry(backend)
+    cache = paddle.zeros([2, 8, 3])
+    reg.buffers.adopt("kv", cache)
+
+    def step(*, x, caches):
+        paddle.assign(x[:1] * 0 + 1, output=caches[0][:1])  # rewritten with the same values every step
+        return x + caches[0][:1]
+
+    graphed = reg.graphed("t", batch_arg="x")(step)
+    x = rows(4)
+    out = graphed(x=x, caches=[cache[0], cache[1]])
+    assert_same(out, x + 1)
+    if backend == "eager":
+        assert reg.stats()["fallbacks"] == []  # not mistaken for undeclared state
+    else:  # to_static refuses writes into a view, and says so: the bucket runs eagerly
+        assert "viewed Tensor" in reg.stats()["fallbacks"][0]["reason"]
+
+
+class Holder:
+    pass
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_holder_filled_and_returned_runs_eagerly(backend):
+    reg = registry(backend)
+    holder = Holder()
+
+    def step(*, x):
+        holder.logits = x * 2
+        return holder
+
+    graphed = reg.graphed("t", batch_arg="x")(step)
+    for value in (1.0, 2.0):
+        assert graphed(x=paddle.full([4, 2], value)).logits.numpy().tolist() == [[value * 2] * 2] * 4
+    assert isinstance(holder.logits, paddle.Tensor)
+    assert "holding tensors the function computed" in reg.stats()["fallbacks"][0]["reason"]
