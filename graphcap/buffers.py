@@ -47,6 +47,22 @@ class BufferSpec:
         return self.shape[0]
 
 
+def pad_rows(buf: paddle.Tensor, pad: str, pad_value: float | int, rows: int, end: int) -> None:
+    """Fill rows ``[rows:end]`` of ``buf`` by the padding rule ``pad`` (see ``PAD_RULES``)."""
+    if rows >= end or pad == "keep":
+        return
+    # Padding rows are rewritten on every staging, so they never hold a
+    # previous step's data (a stale -1 or a stale token id).
+    if pad == "zero":
+        buf[rows:end] = 0
+    elif pad == "value":
+        buf[rows:end] = pad_value
+    elif rows > 0:  # copy_row0: padding rows repeat row 0, a valid input
+        buf[rows:end] = buf[0:1]
+    else:
+        buf[:end] = 0
+
+
 def dtype_name(dtype: Any) -> str:
     """``paddle.int32`` / ``np.int32`` / ``"int32"`` -> ``"int32"``."""
     text = str(dtype)
@@ -228,19 +244,7 @@ class StaticBuffers:
 
     @staticmethod
     def _pad(buf: paddle.Tensor, spec: BufferSpec, rows: int, end: int | None = None) -> None:
-        end = spec.capacity if end is None else end
-        if rows >= end or spec.pad == "keep":
-            return
-        # Padding rows are rewritten on every staging, so they never hold a
-        # previous step's data (a stale -1 or a stale token id).
-        if spec.pad == "zero":
-            buf[rows:end] = 0
-        elif spec.pad == "value":
-            buf[rows:end] = spec.pad_value
-        elif rows > 0:  # copy_row0: padding rows repeat row 0, a valid input
-            buf[rows:end] = buf[0:1]
-        else:
-            buf[:end] = 0
+        pad_rows(buf, spec.pad, spec.pad_value, rows, spec.capacity if end is None else end)
 
     # Reads ---------------------------------------------------------------
     def _buffer(self, name: str) -> paddle.Tensor:

@@ -9,9 +9,10 @@ Decided once per graph at capture, run on every replay in two tiers:
 * every ``address_check_interval``-th replay, and whenever the first tier
   finds something: ``data_ptr()`` and shape of every static leaf, registry
   buffer and reachable tensor, which also catches storage reallocated in
-  place and a buffer reshaped by a different-shaped ``copy_``; and the Python
-  values on those paths (``model.temperature``, a Layer's ``training``),
-  which a graph bakes in.
+  place and a buffer reshaped by a different-shaped ``copy_``; and, every
+  8th such check (every replay with an interval of 1), the Python values on
+  those paths (``model.temperature``, a Layer's ``training``), which a graph
+  bakes in.
 
 A failed check returns a ``Problem`` naming the path; the caller raises
 ``AddressStabilityError`` or, for ``on_rebind="recapture"``, recaptures.
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Sequence
+from typing import Any
 
 import attrs
 import paddle
@@ -74,7 +76,20 @@ class ReplayCheck:
         self.item_children = [edge.child for edge in item_edges]
         self.item_edges = item_edges
         self.cell_edges = [edge for edge in edges if edge.kind == "cell"]
-        self.values = list(values)
+        # Python values, grouped by the dict that holds them: one C-level itemgetter and
+        # one tuple comparison per container instead of one Python step per value.
+        groups: dict[int, tuple[Any, list[Edge]]] = {}
+        self.value_cells = []
+        for edge in values:
+            if edge.kind == "item":
+                groups.setdefault(id(edge.container), (edge.container, []))[1].append(edge)
+            else:
+                self.value_cells.append(edge)
+        self.value_groups = [
+            (container, operator.itemgetter(*[edge.key for edge in edges]), tuple(edge.child for edge in edges),
+             edges)
+            for container, edges in groups.values()
+        ]
         self.watched_paths = tuple(path for path, _ in watched)
         self.watched = tuple(tensor for _, tensor in watched)
         self.watched_ptrs = tuple(map(_data_ptr, self.watched))
@@ -83,10 +98,13 @@ class ReplayCheck:
     def __call__(self, leaves: Sequence[paddle.Tensor]) -> Problem | None:
         """Run this replay's checks on the call's tensor leaves; None when all is well."""
         full = self.replays % self.interval == 0
+        # Python values (hundreds in a model's Layers and config) change far more rarely than
+        # tensors move: compared every 8th full check, every replay with an interval of 1.
+        values = self.interval == 1 or self.replays % (self.interval * 8) == 0
         self.replays += 1
         problem = self.identity(leaves)
         if problem is None and (full or self.registry.generation != self.registry_generation):
-            problem = self.addresses()
+            problem = self.addresses(values=values)
         return problem
 
     # Tier 1 ------------------------------------------------------------------
@@ -110,8 +128,9 @@ class ReplayCheck:
         return None
 
     # Tier 2 ------------------------------------------------------------------
-    def addresses(self) -> Problem | None:
-        """``data_ptr()`` and shape of everything the graph reads match capture."""
+    def addresses(self, values: bool = True) -> Problem | None:
+        """``data_ptr()`` and shape of everything the graph reads match capture (and, with ``values``,
+        the Python values on those paths)."""
         now = tuple(map(_data_ptr, self.static_tensors))
         if now != self.static_ptrs:
             for path, before, after in zip(self.static_paths, self.static_ptrs, now):
@@ -131,14 +150,18 @@ class ReplayCheck:
                         f"{self.label}: static argument {path!r} has shape {list(after)} but the graph was "
                         f"captured with {list(before)}; keep its shape and update it in place"
                     )
-        for edge in self.values:
-            now_value = edge.current()
-            if now_value is not edge.child and (type(now_value) is not type(edge.child) or now_value != edge.child):
-                return Problem(
-                    f"{self.label}: {edge.path} was {edge.child!r} at capture and is {now_value!r} now; the graph "
-                    f"baked {edge.child!r} in. Pass it as an argument (part of the graph key), or call "
-                    f"registry.reset() after changing it"
-                )
+        for container, getter, expected, edges in self.value_groups if values else ():
+            try:
+                now_values = getter(container)
+            except (KeyError, IndexError):
+                now_values = None
+            if len(edges) == 1:
+                now_values = (now_values,)
+            if now_values != expected:
+                return _value_changed(self.label, edges)
+        changed = [edge for edge in self.value_cells if values and edge.current() != edge.child]
+        if changed:
+            return _value_changed(self.label, changed)
         now = tuple(map(_data_ptr, self.watched))
         shapes = [tensor.shape for tensor in self.watched]
         if now != self.watched_ptrs or shapes != self.watched_shapes:
@@ -181,6 +204,15 @@ class ReplayCheck:
         self.registry_shapes = shapes
         self.registry_generation = buffers.generation
         return None
+
+
+def _value_changed(label: str, edges: Sequence[Edge]) -> Problem:
+    edge = next((edge for edge in edges if edge.current() != edge.child), edges[0])
+    now = edge.current()
+    return Problem(
+        f"{label}: {edge.path} was {edge.child!r} at capture and is {now!r} now; the graph baked {edge.child!r} "
+        f"in. Pass it as an argument (part of the graph key), or call registry.reset() after changing it"
+    )
 
 
 def _rebound(label: str, edge: Edge) -> Problem:

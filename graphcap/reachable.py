@@ -106,6 +106,14 @@ def _is_library_function(fn: types.FunctionType) -> bool:
     return filename.startswith(_STDLIB) and "site-packages" not in filename
 
 
+@functools.lru_cache(maxsize=1024)
+def _from_stdlib(kind: type) -> bool:
+    """True for a class defined in the standard library."""
+    module = sys.modules.get(kind.__module__)
+    filename = os.path.normcase(getattr(module, "__file__", "") or "")
+    return filename.startswith(_STDLIB) and "site-packages" not in filename
+
+
 def _code_names(code: types.CodeType) -> Iterator[str]:
     """Global names a code object (and the code nested in it: comprehensions, lambdas) may read."""
     yield from code.co_names
@@ -125,8 +133,10 @@ class _Scanner:
         self.classes_seen: dict[type, bool] = {}
 
     # Edges -------------------------------------------------------------------
-    def child(self, container: Any, key: Any, value: Any, path: str, depth: int, kind: str = "item") -> bool:
-        if kind != "none" and isinstance(value, _SCALARS) and not str(key).startswith("_"):
+    def child(
+        self, container: Any, key: Any, value: Any, path: str, depth: int, kind: str = "item", values: bool = True
+    ) -> bool:
+        if values and kind != "none" and isinstance(value, _SCALARS) and not str(key).startswith("_"):
             # A Python value the function may read: a graph bakes it in, so it is watched too.
             self.found.values.append(Edge(container, key, value, path, kind))
             return False
@@ -163,16 +173,20 @@ class _Scanner:
             return False
         if isinstance(value, (types.FunctionType, types.MethodType, functools.partial)):
             return self.function(value, path, depth + 1)
+        # Python values in plain dicts and lists are watched only near the function (a flag
+        # in a closure's dict); deeper ones (a config's label maps) would only cost checks.
+        near = depth <= 1
         if isinstance(value, dict):
             return self.items(value, ((key, item) for key, item in list(value.items())[:_MAX_ITEMS]),
-                              path, depth, "item", lambda key: f"[{key!r}]")
+                              path, depth, "item", lambda key: f"[{key!r}]", values=near)
         if isinstance(value, list):
-            return self.items(value, enumerate(value[:_MAX_ITEMS]), path, depth, "item", lambda i: f"[{i}]")
+            return self.items(value, enumerate(value[:_MAX_ITEMS]), path, depth, "item", lambda i: f"[{i}]",
+                              values=near)
         if isinstance(value, tuple):
             # Tuples cannot be rebound in place: the edge into the tuple is checked, its items need not be.
             return self.items(value, enumerate(value[:_MAX_ITEMS]), path, depth, "none", lambda i: f"[{i}]")
-        if type(value).__module__.split(".", 1)[0] in ("builtins", "paddle", "numpy"):
-            return False
+        if type(value).__module__.split(".", 1)[0] in ("builtins", "paddle", "numpy") or _from_stdlib(type(value)):
+            return False  # a logger, a lock, a Paddle or NumPy object: nothing a graph reads lives there
         self.found.object_classes.add(type(value))
         attributes = getattr(value, "__dict__", None)
         below = False
@@ -188,11 +202,11 @@ class _Scanner:
 
     def items(
         self, container: Any, pairs: Iterable[tuple[Any, Any]], path: str, depth: int, kind: str,
-        name: Callable[[Any], str],
+        name: Callable[[Any], str], values: bool = True,
     ) -> bool:
         below = False
         for key, item in pairs:
-            below |= self.child(container, key, item, path + name(key), depth + 1, kind)
+            below |= self.child(container, key, item, path + name(key), depth + 1, kind, values)
         return below
 
     def layer(self, layer: paddle.nn.Layer, path: str, depth: int) -> bool:

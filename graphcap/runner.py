@@ -46,7 +46,7 @@ from graphcap import failures, guard, pytree, reachable
 from graphcap.backends import Backend, Graph
 from graphcap.backends.static import Refused
 from graphcap.binding import CallBinder
-from graphcap.buffers import StaticBuffers, dtype_name
+from graphcap.buffers import StaticBuffers, dtype_name, pad_rows
 from graphcap.checks import ReplayCheck
 from graphcap.config import GraphConfig
 from graphcap.dispatch import GraphKey, leaf_is_batched
@@ -94,6 +94,8 @@ class GraphEntry:
     # buffer is padded by its own rule over its whole capacity (pad end), as its owner declared
     # it; a staging buffer (pad end 0) only up to the bucket its graph reads.
     sources: tuple[tuple[int, StaticBuffers, str, int], ...] = ()
+    # The same, resolved for the replay path (see GraphRunner._staging_plan).
+    staging_plan: tuple[tuple[Any, ...], ...] = ()
     check: ReplayCheck | None = None
     failure: str | None = None
     replays: int = 0
@@ -174,10 +176,27 @@ class GraphRunner:
 
     # Stage -------------------------------------------------------------------
     def stage(self, entry: GraphEntry, leaves: Sequence[paddle.Tensor], rows: int) -> None:
-        """Write the call's batched leaves into their buffers, padding rows filled by rule."""
+        """Write the call's batched leaves into their buffers, padding rows filled by rule.
+
+        The replay path. A staging buffer is private to this function and its
+        dtype and row shape are in the graph key, so it is written without
+        checks; a registry buffer goes through ``StaticBuffers.stage``.
+        """
         bucket = entry.key.bucket
-        for index, buffers, buffer_name, pad_end in entry.sources:
-            buffers.stage(buffer_name, leaves[index], rows, pad_end or bucket)
+        for index, buf, pad, pad_value, registry, name, pad_end in entry.staging_plan:
+            if registry is not None:
+                value = leaves[index]
+                # The zero-copy path: the leaf is this buffer's prefix (classified by address and
+                # layout); a reshaped buffer goes through stage(), which raises naming it.
+                if buf.shape[0] != pad_end or value.data_ptr() != buf.data_ptr():
+                    registry.stage(name, value, rows, pad_end)
+                elif rows < pad_end and pad != "keep":
+                    pad_rows(buf, pad, pad_value, rows, pad_end)
+                continue
+            if rows:
+                buf[:rows] = leaves[index]
+            if rows < bucket and pad != "keep":
+                pad_rows(buf, pad, pad_value, rows, bucket)
 
     def _sources(
         self, key: GraphKey, paths: Sequence[str]
@@ -196,6 +215,15 @@ class GraphRunner:
             sources.append((index, buffers, buffer_name, pad_end))
             views[index] = buffers[buffer_name][: key.bucket]
         return tuple(sources), views
+
+    @staticmethod
+    def _staging_plan(sources: Sequence[tuple[int, StaticBuffers, str, int]]) -> tuple[tuple[Any, ...], ...]:
+        """Per batched leaf, what ``stage`` needs without a lookup: buffer, padding rule, registry or not."""
+        plan = []
+        for index, buffers, name, pad_end in sources:
+            spec = buffers.spec(name)
+            plan.append((index, buffers[name], spec.pad, spec.pad_value, buffers if pad_end else None, name, pad_end))
+        return tuple(plan)
 
     def _staging_buffer(self, path: str, dtype: Any, trailing: tuple[int, ...]) -> str:
         """The staging buffer for leaf ``path`` of this dtype and row shape, declared on first use."""
@@ -228,6 +256,7 @@ class GraphRunner:
         entry = GraphEntry(key=key, label=f"{self.name}[bucket {bucket}]")
         # 1-2. Sources and staging.
         entry.sources, views = self._sources(key, paths)
+        entry.staging_plan = self._staging_plan(entry.sources)
         self.stage(entry, leaves, rows)
         binder, tree = self.binder, key.tree
         static_indices = [index for index, layout in enumerate(key.layout) if not leaf_is_batched(layout)]
@@ -586,7 +615,8 @@ class GraphRunner:
         theirs (collectives inside the function then still meet).
         """
         sources, views = self._sources(key, paths)
-        entry = GraphEntry(key=key, label=f"{self.name}[bucket {key.bucket}]", sources=sources)
+        entry = GraphEntry(key=key, label=f"{self.name}[bucket {key.bucket}]", sources=sources,
+                           staging_plan=self._staging_plan(sources))
         self.stage(entry, leaves, rows)
         call = self.binder.with_defaults(pytree.substitute(bound, key.tree, views))
         args, keywords = self.binder.split(call)
