@@ -25,6 +25,28 @@ How it works, and what it costs:
 * Calls made while a registered graph-safe op runs
   (``graphcap.safety.in_graph_safe_op()``) and inside ``allow_host_reads`` are
   let through; each ``allow_host_reads`` site used during capture is logged once.
+
+What it checks (``GUARDED_CALLS``): host reads (``numpy``, ``item``,
+``tolist``, ``bool``/``int``/``float``/``__index__``, ``__array__``,
+``Tensor.cpu()``, ``paddle.to_tensor`` of a list holding tensors),
+value-dependent shapes (``nonzero``, ``masked_select``, ``unique``,
+``unique_consecutive``, ``repeat_interleave`` with tensor repeats,
+``where(cond)``, boolean-mask indexing), shapes and bounds taken from tensor
+values (``arange``, ``reshape``, ``full``, ``slice``, ``split`` with a tensor
+where a number belongs) and device synchronizations
+(``paddle.device.synchronize``, ``paddle.device.cuda.synchronize``).
+
+What it cannot see, because it patches names where users look them up:
+
+* names bound before the guard was entered (``from paddle import nonzero``,
+  ``import paddle.tensor.search as s; s.nonzero``), and bound methods taken
+  before capture;
+* the same calls made by Paddle's own Python code or by a C++ op on the
+  user's behalf (the Paddle-frame exemption above), and host reads inside
+  custom C++ kernels;
+* reads that are not calls: a tensor's ``shape`` is metadata and always
+  allowed; a value computed on the host before capture and closed over is a
+  constant of the graph (the pure-function check catches it when it changes).
 """
 
 from __future__ import annotations
@@ -90,8 +112,6 @@ class _ThreadState(threading.local):
     def __init__(self) -> None:
         self.stack: list[tuple[str, int]] = []
         self.allow: int = 0
-        # (message, call, graph, bucket, location) of the last guard error.
-        self.last_error: tuple[str, str, str, int, str] | None = None
 
 
 _TLS = _ThreadState()
@@ -168,10 +188,10 @@ class GuardedCallError(CaptureSafetyError):
     ``call``, ``graph``, ``bucket`` and ``location`` say what was called, while
     capturing which graph and bucket, and where (``file:line``).
 
-    ``paddle.jit.to_static`` re-raises errors from traced code as
-    ``type(err)(new_message)``, which would drop these fields; a message-only
-    construction on the raising thread therefore copies them from the last
-    error this module raised when the new message embeds its text.
+    ``paddle.jit.to_static`` re-raises an error from traced code as
+    ``type(err)(new_message)``: that copy has the message but not the fields
+    (they are None). The original, fields and all, is attached to it;
+    ``graphcap.failures.original(err)`` returns it.
     """
 
     call: str | None
@@ -188,16 +208,8 @@ class GuardedCallError(CaptureSafetyError):
         bucket: int | None = None,
         location: str | None = None,
     ) -> None:
-        """Store the message and the structured fields (recovered if not given)."""
+        """Store the message and the structured fields."""
         super().__init__(message)
-        if call is None:
-            last = _TLS.last_error
-            if last is not None and last[0] in message:
-                call, graph, bucket, location = last[1:]
-        else:
-            # Only the most recent guard error's text and fields are kept (not
-            # the instance, whose traceback would pin the user's frames).
-            _TLS.last_error = (message, call, graph, bucket, location)
         self.call = call
         self.graph = graph
         self.bucket = bucket
@@ -210,6 +222,8 @@ class GuardedCallError(CaptureSafetyError):
 # --------------------------------------------------------------------------
 _HOST_READ = "reads a tensor value on the host"
 _DYNAMIC = "has an output shape that depends on tensor values"
+_HOST_SHAPE = "takes a shape or bound from a tensor value, read on the host"
+_SYNC = "waits for the device (a synchronization inside a captured region)"
 
 
 def _always(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
@@ -228,6 +242,35 @@ def _where_without_values(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool
     x = args[1] if len(args) > 1 else kwargs.get("x")
     y = args[2] if len(args) > 2 else kwargs.get("y")
     return x is None and y is None
+
+
+def _holds_tensor(value: Any) -> bool:
+    """True for an eager tensor, or a list/tuple with one inside (traced values are not eager tensors)."""
+    if isinstance(value, paddle.Tensor):
+        return True
+    return isinstance(value, (list, tuple)) and any(_holds_tensor(item) for item in value)
+
+
+def _argument(position: int, name: str) -> Callable[..., bool]:
+    """A flag: the argument at ``position`` (or keyword ``name``) holds a tensor."""
+
+    def flag(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+        value = args[position] if len(args) > position else kwargs.get(name)
+        return _holds_tensor(value)
+
+    return flag
+
+
+def _any_argument(*where: tuple[int, str]) -> Callable[..., bool]:
+    """A flag: any of the arguments at ``where`` ((position, name) pairs) holds a tensor."""
+    checks = [_argument(position, name) for position, name in where]
+    return lambda args, kwargs: any(check(args, kwargs) for check in checks)
+
+
+def _tensor_data_in_a_list(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    # paddle.to_tensor(t) copies on the device; paddle.to_tensor([t, u]) goes through numpy.
+    data = args[0] if args else kwargs.get("data")
+    return isinstance(data, (list, tuple)) and _holds_tensor(data)
 
 
 def _is_bool_tensor(obj: Any) -> bool:
@@ -275,18 +318,34 @@ _TENSOR_SPECS: tuple[tuple[str, str, str, Callable[..., bool]], ...] = (
     ("unique", "Tensor.unique()", _DYNAMIC, _always),
     ("unique_consecutive", "Tensor.unique_consecutive()", _DYNAMIC, _always),
     ("repeat_interleave", "Tensor.repeat_interleave() with Tensor repeats", _DYNAMIC, _tensor_repeats),
+    ("cpu", "Tensor.cpu()", "copies a tensor to the host", _always),
+    ("reshape", "Tensor.reshape with a Tensor in the shape", _HOST_SHAPE, _argument(1, "shape")),
+    ("split", "Tensor.split with Tensor sections", _HOST_SHAPE, _any_argument((1, "num_or_sections"), (2, "axis"))),
 )
-_MODULE_SPECS: tuple[tuple[str, str, str, Callable[..., bool]], ...] = (
-    ("nonzero", "paddle.nonzero", _DYNAMIC, _always),
-    ("masked_select", "paddle.masked_select", _DYNAMIC, _always),
-    ("unique", "paddle.unique", _DYNAMIC, _always),
-    ("unique_consecutive", "paddle.unique_consecutive", _DYNAMIC, _always),
-    ("repeat_interleave", "paddle.repeat_interleave with Tensor repeats", _DYNAMIC, _tensor_repeats),
-    ("where", "paddle.where(condition) without x and y", _DYNAMIC, _where_without_values),
+# (module path, attribute, shown call name, what, flag): module functions the guard patches.
+_MODULE_SPECS: tuple[tuple[str, str, str, str, Callable[..., bool]], ...] = (
+    ("paddle", "nonzero", "paddle.nonzero", _DYNAMIC, _always),
+    ("paddle", "masked_select", "paddle.masked_select", _DYNAMIC, _always),
+    ("paddle", "unique", "paddle.unique", _DYNAMIC, _always),
+    ("paddle", "unique_consecutive", "paddle.unique_consecutive", _DYNAMIC, _always),
+    ("paddle", "repeat_interleave", "paddle.repeat_interleave with Tensor repeats", _DYNAMIC, _tensor_repeats),
+    ("paddle", "where", "paddle.where(condition) without x and y", _DYNAMIC, _where_without_values),
+    ("paddle", "to_tensor", "paddle.to_tensor of a list holding tensors", _HOST_READ, _tensor_data_in_a_list),
+    ("paddle", "arange", "paddle.arange with a Tensor bound", _HOST_SHAPE,
+     _any_argument((0, "start"), (1, "end"), (2, "step"))),
+    ("paddle", "reshape", "paddle.reshape with a Tensor in the shape", _HOST_SHAPE, _argument(1, "shape")),
+    ("paddle", "full", "paddle.full with a Tensor shape or value", _HOST_SHAPE,
+     _any_argument((0, "shape"), (1, "fill_value"))),
+    ("paddle", "slice", "paddle.slice with Tensor starts or ends", _HOST_SHAPE,
+     _any_argument((2, "starts"), (3, "ends"))),
+    ("paddle", "split", "paddle.split with Tensor sections", _HOST_SHAPE,
+     _any_argument((1, "num_or_sections"), (2, "axis"))),
+    ("paddle.device", "synchronize", "paddle.device.synchronize()", _SYNC, _always),
+    ("paddle.device.cuda", "synchronize", "paddle.device.cuda.synchronize()", _SYNC, _always),
 )
 
 #: The call names the guard checks, in the words its errors use.
-GUARDED_CALLS: tuple[str, ...] = tuple(s[1] for s in _TENSOR_SPECS) + tuple(s[1] for s in _MODULE_SPECS)
+GUARDED_CALLS: tuple[str, ...] = tuple(s[1] for s in _TENSOR_SPECS) + tuple(s[2] for s in _MODULE_SPECS)
 
 
 def _build_patches() -> list[tuple[Any, str, Any, Any]]:
@@ -302,12 +361,13 @@ def _build_patches() -> list[tuple[Any, str, Any, Any]]:
         if name in tensor_dict:  # absent in some Paddle versions: nothing to guard
             original = tensor_dict[name]
             patches.append((paddle.Tensor, name, original, _make_wrapper(call, original, what, flag)))
-    # Only the ``paddle`` namespace: ``from paddle.tensor.search import nonzero``
+    # Module attributes only: ``from paddle.tensor.search import nonzero``
     # binds the function at import time and cannot be reached by patching.
-    for name, call, what, flag in _MODULE_SPECS:
-        if name in paddle.__dict__:
-            original = paddle.__dict__[name]
-            patches.append((paddle, name, original, _make_wrapper(call, original, what, flag)))
+    for module_path, name, call, what, flag in _MODULE_SPECS:
+        owner = sys.modules.get(module_path)
+        if owner is not None and name in owner.__dict__:
+            original = owner.__dict__[name]
+            patches.append((owner, name, original, _make_wrapper(call, original, what, flag)))
     return patches
 
 
