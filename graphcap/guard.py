@@ -63,7 +63,7 @@ from typing import Any, TypeVar
 
 import paddle
 
-from graphcap.errors import CaptureSafetyError
+from graphcap.errors import CaptureSafetyError, ConfigError
 from graphcap.safety import in_graph_safe_op
 
 __all__ = [
@@ -471,7 +471,9 @@ class allow_host_reads:  # noqa: N801 - used like a function: allow_host_reads(r
     def __init__(self, reason: str) -> None:
         """Remember ``reason`` (required, non-empty) and the source line that wrote this."""
         if not isinstance(reason, str) or not reason.strip():
-            raise ValueError("allow_host_reads needs a non-empty reason=... saying why the host read is safe")
+            raise ConfigError(
+                f"allow_host_reads needs a non-empty reason=... saying why the host read is safe (got {reason!r})"
+            )
         self.reason = reason
         caller = sys._getframe(1)
         self._site = (caller.f_code.co_filename, caller.f_lineno)

@@ -34,6 +34,8 @@ from typing import Any
 
 import attrs
 
+from graphcap.errors import CaptureError, ConfigError
+
 logger = logging.getLogger("graphcap")
 
 
@@ -47,7 +49,10 @@ def current_place() -> Any:
         return paddle.CUDAPlace(int(index or 0))
     if kind == "xpu":
         return paddle.XPUPlace(int(index or 0))
-    raise RuntimeError(f"the current device is {device!r}; device graphs need a GPU or XPU (paddle.set_device)")
+    raise ConfigError(
+        f"the current device is {device!r}; device graphs need a GPU or XPU: paddle.set_device('gpu') or 'xpu', "
+        f"or choose the static backend"
+    )
 
 
 def _paddle_graph_factory(place: Any, pool_id: Any) -> Any:
@@ -81,7 +86,8 @@ class DeviceGraph:
     def replay(self) -> None:
         """Launch the captured kernels on the current buffer contents."""
         if self.graph is None:
-            raise RuntimeError("this device graph was reset; the registry recaptures before replaying")
+            raise CaptureError("this device graph was reset; the registry recaptures before replaying, so a caller "
+                               "replayed a graph it released")
         self.graph.replay()
 
     def reset(self) -> None:

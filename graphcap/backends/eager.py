@@ -7,6 +7,8 @@ from typing import Any
 
 import attrs
 
+from graphcap.errors import CaptureError
+
 
 @attrs.define
 class EagerGraph:
@@ -17,7 +19,8 @@ class EagerGraph:
     def replay(self) -> None:
         """Run the closure on the current buffer contents."""
         if self.run is None:
-            raise RuntimeError("this eager graph was reset; the registry recaptures before replaying")
+            raise CaptureError("this eager graph was reset; the registry recaptures before replaying, so a caller "
+                               "replayed a graph it released")
         self.run()
 
     def reset(self) -> None:

@@ -40,6 +40,7 @@ from typing import Any
 import attrs
 import paddle
 
+from graphcap.errors import CaptureError
 from graphcap.reachable import Reachable
 
 logger = logging.getLogger("graphcap")
@@ -128,7 +129,8 @@ class StaticGraph:
     def replay(self) -> None:
         """Run the traced program on the current buffer contents."""
         if self.program is None:
-            raise RuntimeError("this static graph was reset; the registry recaptures before replaying")
+            raise CaptureError("this static graph was reset; the registry recaptures before replaying, so a caller "
+                               "replayed a graph it released")
         self.program()
 
     def reset(self) -> None:

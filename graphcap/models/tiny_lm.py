@@ -156,19 +156,9 @@ class KVCache:
         """Index of the slot that padding rows write into."""
         return self.max_batch
 
-    @property
-    def nbytes(self) -> int:
-        """Bytes held by k and v together."""
-        return 2 * 4 * math.prod(self.k.shape)
-
     def data_ptrs(self) -> tuple[int, int]:
         """Addresses of k and v (for address-stability checks)."""
         return self.k.data_ptr(), self.v.data_ptr()
-
-    def reset(self) -> None:
-        """Zero both buffers in place (eager only; never needed for correctness, see the class doc)."""
-        self.k.zero_()
-        self.v.zero_()
 
 
 class RMSNorm(nn.Layer):

@@ -148,7 +148,7 @@ def _exact_full(value: int) -> paddle.Tensor:
     if -_EXACT_FULL < value < _EXACT_FULL:
         return paddle.full([1], value, dtype="int64")
     if value < 0:
-        raise ValueError(f"only non-negative large constants are needed here (got {value})")
+        raise OpInputError(f"only non-negative large constants are built here (got {value}); this is a graphcap bug")
     high, low = divmod(value, 1 << 32)  # high < 2**31: high * 2**32 fits int64
     return (
         paddle.full([1], high, dtype="int64") * paddle.full([1], 1 << 32, dtype="int64")
