@@ -6,9 +6,9 @@ For every trace in ``benchmarks/traces/`` (see ``make_traces.py``) it measures t
 padding waste, padded rows / real rows, of
 
 * the default capture-size lists of FastDeploy, vLLM, SGLang and TensorRT-LLM
-  (rules in ``graphcap.planner``, each citing its source), and
-* graphcap's planner (``plan_capture_sizes``) given the *same number of graphs*
-  as each of those lists.
+  (rules in ``graphcap.capture_sizes``, each citing its source), and
+* graphcap's size planner (``graphcap.size_planner.plan_capture_sizes``)
+  given the *same number of graphs* as each of those lists.
 
 How each engine's list is sized: an engine is configured with the smallest
 maximum whose list covers the trace's largest step (``max_num_seqs`` = the
@@ -42,9 +42,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from graphcap.planner import (  # noqa: E402
-    ENGINE_RULES,
-    format_plan_table,
+from graphcap.capture_sizes import ENGINE_RULES  # noqa: E402
+from graphcap.size_planner import (  # noqa: E402
+    format_padding_table,
     load_trace,
     padding_waste,
     plan_capture_sizes,
@@ -113,7 +113,7 @@ def bench_trace(path: Path) -> dict:
         table_policies[f"{engine} ({len(sizes)})"] = sizes
         table_policies[f"planner @{len(sizes)}"] = tuple(entry["planner"]["sizes"])
     print(
-        format_plan_table(
+        format_padding_table(
             trace, table_policies, title=f"== {path.name} (k={k}, multiple_of={rows_per_request})"
         )
     )

@@ -36,7 +36,6 @@ warnings.filterwarnings("ignore", message="No ccache found", category=UserWarnin
 
 from graphcap.buffers import StaticBuffers  # noqa: E402
 from graphcap.config import GraphConfig  # noqa: E402
-from graphcap.decorator import graphed  # noqa: E402
 from graphcap.errors import (  # noqa: E402
     AddressStabilityError,
     CaptureError,
@@ -46,8 +45,9 @@ from graphcap.errors import (  # noqa: E402
     OpBuildError,
     StaticBufferError,
 )
+from graphcap.graphed_function import GraphedFunction  # noqa: E402
 from graphcap.guard import allow_host_reads, capture_guard  # noqa: E402
-from graphcap.registry import CaptureRegistry, GraphedFunction  # noqa: E402
+from graphcap.registry import CaptureRegistry  # noqa: E402
 
 __all__ = [
     "AddressStabilityError",
@@ -63,7 +63,6 @@ __all__ = [
     "StaticBuffers",
     "allow_host_reads",
     "capture_guard",
-    "graphed",
 ]
 
 __version__ = "0.1.0"

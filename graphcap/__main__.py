@@ -52,12 +52,19 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from graphcap.plan import format_capture_plan, make_capture_plan
+    from graphcap.capture_plan import format_capture_plan, make_capture_plan
+    from graphcap.config import GraphConfig
+    from graphcap.mtp.graph_specs import mtp_graph_specs
 
-    plan = make_capture_plan(
+    # The MTP engine's graphs under this config; with --max-graphs the size planner's sizes for its target.
+    config = GraphConfig(
         max_capture_size=args.max_capture_size,
         num_speculative_tokens=args.num_speculative_tokens,
         capture_sizes=args.capture_sizes,
+    )
+    plan = make_capture_plan(
+        mtp_graph_specs(config),
+        num_speculative_tokens=config.num_speculative_tokens,
         trace=args.trace,
         max_graphs=args.max_graphs,
     )

@@ -30,17 +30,19 @@ A world of one rank exchanges nothing and costs nothing.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from typing import Any
 
+import attrs
 import numpy as np
 import paddle
 
 from graphcap.errors import ConfigError
 from graphcap.stats import RegistryStats
 
-__all__ = ["EAGER", "MISSING", "READY", "RankAgreement"]
+__all__ = ["EAGER", "MISSING", "READY", "RankAgreement", "StepAgreement"]
 
 READY, MISSING, EAGER = 0, 1, 2
 
@@ -85,3 +87,17 @@ class RankAgreement:
     def agree_failed(self, failed: bool) -> bool:
         """True when the capture just attempted failed on any rank."""
         return bool(self.exchange([int(failed)])[0])
+
+
+@attrs.frozen
+class StepAgreement:
+    """What the ranks agreed for one step: the largest rows, whether any rank is busy, bucket states."""
+
+    rows: int
+    busy: bool
+    states: dict[str, list[int]]  # graph name -> state per bucket (graphcap.agreement)
+    rows_per_request: int
+
+    def rows_for(self, graphed_fn: Any) -> int:
+        """The agreed rows in ``graphed_fn``'s own rows per request."""
+        return math.ceil(self.rows * graphed_fn.rows_per_request / self.rows_per_request)

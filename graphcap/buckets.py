@@ -11,10 +11,10 @@ from collections.abc import Iterable
 
 import attrs
 
+from graphcap.capture_sizes import fastdeploy_sizes
 from graphcap.errors import ConfigError
-from graphcap.planner import fastdeploy_sizes, plan_capture_sizes
 
-__all__ = ["BucketMap", "PaddingStats", "default_capture_sizes", "plan_capture_sizes"]
+__all__ = ["BucketMap", "PaddingStats", "default_capture_sizes"]
 
 
 def default_capture_sizes(max_size: int, *, multiplier: int = 1) -> tuple[int, ...]:

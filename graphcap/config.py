@@ -123,7 +123,8 @@ class GraphConfig:
             (argument trees with other non-tensor values, shapes or roles);
             past it, calls run eagerly, counted with the arguments that vary.
         trace: batch sizes in requests per step (a sequence or a file) for
-            ``capture_sizes="auto"``; the exact planner picks the sizes.
+            ``capture_sizes="auto"``; the size planner
+            (``graphcap.size_planner``) picks the sizes.
         max_graphs: graph budget per graph name for ``capture_sizes="auto"``.
     """
 
@@ -180,12 +181,12 @@ class GraphConfig:
         if self.capture_sizes is None:
             return buckets.default_capture_sizes(self.max_capture_size, multiplier=rpr)
         if self.capture_sizes == "auto":
-            from graphcap import planner
+            from graphcap import size_planner
 
             trace = self.trace
-            requests = planner.load_trace(trace) if isinstance(trace, (str, os.PathLike)) else list(trace)
+            requests = size_planner.load_trace(trace) if isinstance(trace, (str, os.PathLike)) else list(trace)
             rows = [n * self.rows_per_request for n in requests]
-            target = planner.plan_capture_sizes(rows, self.max_graphs, multiple_of=self.rows_per_request)
+            target = size_planner.plan_capture_sizes(rows, self.max_graphs, multiple_of=self.rows_per_request)
             return _rescale(target, self.rows_per_request, rpr)
         return _rescale(self.capture_sizes, self.rows_per_request, rpr)
 

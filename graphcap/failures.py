@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import paddle
 
-__all__ = ["original", "root_cause", "user_frame"]
+__all__ = ["CaptureFailed", "original", "root_cause", "user_frame"]
 
 _PADDLE_DIR = os.path.dirname(os.path.abspath(paddle.__file__)) + os.sep
 _GRAPHCAP_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
@@ -71,3 +71,16 @@ def root_cause(exc: BaseException) -> str:
     message = text[-1].strip() if text and text[0].startswith("In transformed code") else (text[0] if text else "")
     where = user_frame(exc)
     return f"{type(cause).__name__}: {message}" + (f" (at {where})" if where else "")
+
+
+class CaptureFailed(Exception):
+    """The capture itself (not the user's function) failed; ``reason`` is its one-line root cause.
+
+    Internal to a capture: the runner turns it into an eager fallback with
+    this reason, or a ``CaptureError`` with ``on_capture_failure="raise"``.
+    """
+
+    def __init__(self, reason: str) -> None:
+        """Keep ``reason`` (also the message)."""
+        super().__init__(reason)
+        self.reason = reason

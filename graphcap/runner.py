@@ -39,7 +39,6 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import attrs
-import numpy as np
 import paddle
 
 from graphcap import failures, guard, pytree, reachable
@@ -51,8 +50,10 @@ from graphcap.checks import ReplayCheck
 from graphcap.config import GraphConfig
 from graphcap.dispatch import GraphKey, leaf_is_batched
 from graphcap.errors import CaptureError, CaptureSafetyError, GraphCapError
-from graphcap.purity import CaptureWatch, first_difference, host_copies, same_constant
+from graphcap.failures import CaptureFailed
+from graphcap.purity import CaptureWatch, first_difference, host_copies
 from graphcap.stats import RegistryStats
+from graphcap.verification import RunRecord, compare_runs, row_outputs
 
 logger = logging.getLogger("graphcap")
 
@@ -107,14 +108,6 @@ class GraphEntry:
         if self.graph is not None:
             self.graph.reset()
             self.graph = None
-
-
-class _CaptureFailed(Exception):
-    """The capture itself (not the user's function) failed; ``reason`` is its one-line root cause."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 class _PaddedRaised(Exception):
@@ -314,7 +307,7 @@ class GraphRunner:
                 raise
             message = str(exc).splitlines()[0]
             return self._fail(entry, f"unsafe capture: {message.removeprefix(entry.label + ': ')}", exc)
-        except _CaptureFailed as exc:
+        except CaptureFailed as exc:
             if self.config.on_capture_failure == "raise":
                 raise CaptureError(
                     f"{entry.label}: capture failed on the {self.backend.name} backend: {exc.reason}"
@@ -379,13 +372,13 @@ class GraphRunner:
         self, entry: GraphEntry, args: tuple[Any, ...], keywords: dict[str, Any], state: _State,
         watch: CaptureWatch, build_call: Callable[[dict[int, Any]], tuple[tuple[Any, ...], dict[str, Any]]],
         views: dict[int, paddle.Tensor], rows: int,
-    ) -> _WarmupOutputs:
+    ) -> RunRecord:
         """Run the eager warmups, the row probe and the purity comparisons; returns the first warmup's outputs.
 
         Sets ``entry.tree`` and ``entry.sliced`` (which outputs follow the rows).
         """
         bucket = entry.key.bucket
-        runs: list[_WarmupOutputs] = []
+        runs: list[RunRecord] = []
         for attempt in range(self.config.num_warmups):
             state.restore()
             try:
@@ -402,8 +395,8 @@ class GraphRunner:
                 try:
                     entry.tree = pytree.OutputTree(result, known=watch.is_known)
                 except CaptureError as exc:
-                    raise _CaptureFailed(str(exc)) from exc
-            runs.append(_WarmupOutputs.of(result, state))
+                    raise CaptureFailed(str(exc)) from exc
+            runs.append(RunRecord.of(result, state.tensors))
             del result
             watch.after_run()
         # The most specific cause first: state the function keeps (restored before
@@ -411,15 +404,16 @@ class GraphRunner:
         watch.check()
         probe = self._probe(entry, state, build_call, views, rows)
         for attempt, other in enumerate(runs[1:], start=2):
-            self._compare_outputs(entry, runs[0], other, f"warmup {attempt}", state)
-        entry.sliced = self._row_outputs(entry, runs[0], probe, rows)
+            assert entry.tree is not None
+            compare_runs(entry.label, entry.tree, runs[0], other, f"warmup {attempt}", state.names)
+        entry.sliced = row_outputs(entry.tree, bucket, runs[0], probe, rows)
         return runs[0]
 
     def _probe(
         self, entry: GraphEntry, state: _State,
         build_call: Callable[[dict[int, Any]], tuple[tuple[Any, ...], dict[str, Any]]],
         views: dict[int, paddle.Tensor], rows: int,
-    ) -> tuple[int, _WarmupOutputs] | None:
+    ) -> tuple[int, RunRecord] | None:
         """One more run with fewer rows, to tell outputs that follow the rows from those that do not.
 
         The real rows when the batch is padded, else one row less. None when
@@ -440,87 +434,7 @@ class GraphRunner:
             return None
         # Not a run "on the same inputs": fewer rows may round differently (Paddle's
         # reductions round by size), so only its shapes and constants are compared.
-        return probe_rows, _WarmupOutputs.of(result, state)
-
-    def _row_outputs(
-        self, entry: GraphEntry, full: _WarmupOutputs, probe: tuple[int, _WarmupOutputs] | None, real_rows: int
-    ) -> tuple[bool, ...]:
-        """Which outputs are cut to the call's rows on replay: those whose first dimension follows the rows."""
-        assert entry.tree is not None
-        bucket = entry.key.bucket
-        if probe is None:
-            return tuple(bool(shape) and shape[0] == bucket for shape, _ in full.specs)
-        probe_rows, small = probe
-        if small.structure != full.structure:
-            raise _CaptureFailed(
-                f"the result's structure differs between {probe_rows} and {bucket} rows; graphcap rebuilds one "
-                f"structure per graph"
-            )
-        for (path, a), (_, b) in zip(full.constants, small.constants):
-            if not same_constant(a, b):
-                raise _CaptureFailed(
-                    f"{path} is {b!r} for {probe_rows} rows and {a!r} for {bucket}: a non-tensor result that "
-                    f"depends on the batch size would be frozen at the bucket's value; return it as a tensor"
-                )
-        sliced = []
-        for path, (shape, _), (small_shape, _), value, small_value in zip(
-            entry.tree.paths, full.specs, small.specs, full.values, small.values
-        ):
-            if shape == small_shape:
-                sliced.append(False)
-            elif shape and small_shape and shape[0] == bucket and small_shape[0] == probe_rows \
-                    and shape[1:] == small_shape[1:]:
-                sliced.append(True)
-                value = value[:probe_rows]
-            else:
-                raise _CaptureFailed(
-                    f"{path} has shape {small_shape} for {probe_rows} rows and {shape} for {bucket}: its rows are "
-                    f"not its first dimension, and graphcap cuts outputs to the real rows along the first; "
-                    f"return it with the rows first"
-                )
-            # Only a probe with the real rows (a padded call) is the call itself: then every
-            # output must agree. One row less than a full bucket is another batch, and an output
-            # may rightly depend on every row (x + x.sum()), so there only shapes are compared.
-            if probe_rows == real_rows and not _close(value, small_value):
-                raise _CaptureFailed(
-                    f"{path} differs between the padded batch of {bucket} rows and {probe_rows} rows of the same "
-                    f"inputs, beyond rounding: padding changes the result. An argument taken as batched (first "
-                    f"dimension = rows) may not be per-row: name it in static_args; or padding rows need another "
-                    f"value: padding={{...}}"
-                )
-        return tuple(sliced)
-
-    def _compare_outputs(
-        self, entry: GraphEntry, first: _WarmupOutputs, other: _WarmupOutputs, what: str, state: _State
-    ) -> None:
-        assert entry.tree is not None
-        if first.structure != other.structure:
-            raise CaptureSafetyError(
-                f"{entry.label}: warmup 1 and {what} return results of different structure on the same inputs, "
-                f"so the function keeps state of its own (a list it appends to?); a graph returns one structure"
-            )
-        written = first_difference(first.state, other.state)
-        if written is not None:
-            raise CaptureSafetyError(
-                f"{entry.label}: warmup 1 and {what} leave registry buffer {state.names[written]!r} different "
-                f"from the same starting state, so the function's writes depend on something it keeps itself; "
-                f"random numbers must be seeded from an argument or a registry buffer"
-            )
-        changed = first_difference(first.values, other.values)
-        if changed is not None:
-            raise CaptureSafetyError(
-                f"{entry.label}: {entry.tree.paths[changed]} of warmup 1 and {what} differ on the same inputs, "
-                f"so the function keeps state of its own and a graph would freeze one call's value; a tensor "
-                f"the function replaces or advances between calls (a Python-held cache, a counter) must live in "
-                f"a registry buffer declared restorable, or be passed in as an argument; random numbers must be "
-                f"seeded from an argument or a registry buffer"
-            )
-        for (path, a), (_, b) in zip(first.constants, other.constants):
-            if not same_constant(a, b):
-                raise CaptureSafetyError(
-                    f"{entry.label}: the non-tensor result {path} was {a!r} in warmup 1 and {b!r} in {what}; "
-                    f"a graph would return the first value forever; return it as a tensor or compute it outside"
-                )
+        return probe_rows, RunRecord.of(result, state.tensors)
 
     def _capture_graph(
         self, entry: GraphEntry, build_call: Callable[[dict[int, Any]], tuple[tuple[Any, ...], dict[str, Any]]],
@@ -545,9 +459,9 @@ class GraphRunner:
                 logger.debug("%s: capturing %r failed", entry.label, form, exc_info=exc)
                 error = exc
         if error is None:
-            raise _CaptureFailed(refused)
+            raise CaptureFailed(refused)
         reason = failures.root_cause(error)
-        raise _CaptureFailed(f"{reason}; {refused}" if refused else reason) from error
+        raise CaptureFailed(f"{reason}; {refused}" if refused else reason) from error
 
     @staticmethod
     def _run(
@@ -574,7 +488,7 @@ class GraphRunner:
 
         return run
 
-    def _verify(self, entry: GraphEntry, first: _WarmupOutputs, state: _State) -> None:
+    def _verify(self, entry: GraphEntry, first: RunRecord, state: _State) -> None:
         """The captured graph's run must give the warmup's outputs bit for bit."""
         assert entry.graph is not None and entry.tree is not None
         if not self.backend.capture_executes:
@@ -583,14 +497,14 @@ class GraphRunner:
                 entry.graph.replay()
             except Exception as exc:
                 entry.release()
-                raise _CaptureFailed(failures.root_cause(exc)) from exc
+                raise CaptureFailed(failures.root_cause(exc)) from exc
         changed = first_difference(first.values, host_copies(entry.outputs))
         written = first_difference(first.state, host_copies(state.tensors))
         if changed is not None or written is not None:
             entry.release()
             what = (f"{entry.tree.paths[changed]}" if changed is not None
                     else f"write into registry buffer {state.names[written]!r}")
-            raise _CaptureFailed(
+            raise CaptureFailed(
                 f"the captured graph's {what} differs from the eager warmup's on the same inputs (the backend "
                 f"did not reproduce the function: to_static drops in-place Tensor methods such as add_() and "
                 f"rounds integer constants near 2^63; use paddle.assign(x, output=t) and int64 tensors)"
@@ -650,39 +564,6 @@ class GraphRunner:
             label=entry.label, static_leaves=static, registry=self.registry_buffers, edges=edges,
             watched=watched, interval=self.config.address_check_interval, values=found.values,
         )
-
-
-@attrs.frozen
-class _WarmupOutputs:
-    """Host copies of one warmup's tensor outputs (shapes, dtypes), its constants and the state it left."""
-
-    values: list[Any]
-    specs: list[tuple[list[int], Any]]
-    constants: tuple[tuple[str, Any], ...]
-    state: list[Any]  # the restorable registry buffers after the run
-    structure: Any
-
-    @classmethod
-    def of(cls, result: Any, state: _State) -> _WarmupOutputs:
-        """Copy ``result``'s tensors and the declared state the run left to the host, before the next run."""
-        leaves = pytree.output_leaves(result)
-        return cls(
-            values=host_copies(leaves),
-            specs=[(list(leaf.shape), leaf.dtype) for leaf in leaves],
-            constants=pytree.output_constants(result),
-            state=host_copies(state.tensors),
-            structure=pytree.output_structure(result),
-        )
-
-
-def _close(a: np.ndarray, b: np.ndarray) -> bool:
-    """Floating outputs agree up to the rounding a different row count causes (Paddle's reductions
-    round by tensor size); other dtypes are not compared (a token argmax may flip on a near-tie)."""
-    if a.shape != b.shape or not np.issubdtype(a.dtype, np.floating) or a.size == 0:
-        return a.shape == b.shape
-    loose = a.dtype.itemsize <= 2  # float16 / bfloat16
-    return bool(np.allclose(a.astype(np.float64), b.astype(np.float64), rtol=2e-2 if loose else 1e-4,
-                            atol=2e-2 if loose else 1e-5, equal_nan=True))
 
 
 def _nbytes(tensor: paddle.Tensor) -> int:

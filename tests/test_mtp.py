@@ -12,6 +12,7 @@ from graphcap import AddressStabilityError, GraphConfig
 from graphcap.models.corpus import make_prompts
 from graphcap.models.tiny_lm import load_tiny_lm
 from graphcap.mtp.engine import MTPEngine, Request, SamplingOptions
+from graphcap.mtp.graph_specs import mtp_graph_specs
 from graphcap.mtp.preprocess import SlotRows, layout_rows
 
 MAX_BATCH = 4
@@ -82,6 +83,19 @@ def test_capture_all_equals_lazy_capture():
     stats = engine.stats()
     # 3 buckets (1, 2, 4 requests) for each of target, draft, draft_next; no lazy capture afterwards.
     assert stats["graphs"] == 9 and stats["captures"] == 9
+
+
+@pytest.mark.parametrize("k", [0, 1, 2])
+def test_the_engine_captures_exactly_its_graph_specs(k):
+    # The capture plan (python -m graphcap plan) lists the same specs, so it cannot drift from the engine.
+    config = cfg(k=k, backend="eager", capture_sizes=(2, 4, 6) if k == 1 else None)
+    engine = MTPEngine(config, max_batch=MAX_BATCH, bundle=load_tiny_lm(MAX_BATCH))
+    graphed = [engine.target, engine.draft, engine.draft_next]
+    registered = [(fn.name, fn.buckets.sizes, fn.rows_per_request) for fn in graphed if fn is not None]
+    assert registered == [(spec.name, spec.sizes, spec.rows_per_request) for spec in mtp_graph_specs(config)]
+    assert [name for name, _, _ in registered] == (["target"] if k == 0 else ["target", "draft", "draft_next"])
+    if k == 1:
+        assert registered[2][1] == (1, 2, 3)  # 2, 4, 6 verify rows are 1, 2, 3 requests of one row each
 
 
 def test_greedy_decoding_is_identical_too():

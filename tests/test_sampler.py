@@ -7,8 +7,7 @@ import paddle
 import pytest
 
 from graphcap.ops import MAX_INFER_SEED, build_sampling_params_reference
-from graphcap.safety import is_graph_safe_op
-from graphcap.sampling import (
+from graphcap.ops.sampler import (
     sample_plain,
     sample_rows,
     sample_speculative,
@@ -16,6 +15,7 @@ from graphcap.sampling import (
     seeded_uniform_reference,
     speculative_increment,
 )
+from graphcap.safety import is_graph_safe_op
 
 
 def _t(values, dtype: str) -> paddle.Tensor:

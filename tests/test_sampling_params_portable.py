@@ -451,7 +451,7 @@ def test_the_mtp_engine_on_a_place_without_the_op_gives_the_same_tokens_and_seed
 
 
 def test_portable_seeded_uniform_is_bit_identical_to_the_op_and_the_reference():
-    from graphcap.sampling import seeded_uniform, seeded_uniform_reference
+    from graphcap.ops.sampler import seeded_uniform, seeded_uniform_reference
 
     rng = np.random.default_rng(11)
     extremes = np.array([0, 1, -1, 2**63 - 1, -(2**63), MAX_INFER_SEED, 2147483646], dtype=np.int64)

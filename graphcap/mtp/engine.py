@@ -20,26 +20,29 @@ One decode step, for every decoding slot b with committed tokens x_0..x_{L-1}
 
 Prefill and any step whose rows exceed the largest bucket run eagerly, and
 the draft replays graphs only when the target step did (a draft deciding on
-its own once hung a multi-rank engine).
+its own once hung a multi-rank engine). The graphs' names, capture sizes and
+rows per request are set in one place, ``graphcap.mtp.graph_specs``.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
 import numpy as np
 import paddle
 
+from graphcap.capture_plan import GraphSpec
 from graphcap.config import GraphConfig
 from graphcap.errors import ConfigError
 from graphcap.models.tiny_lm import TinyLMBundle, load_tiny_lm
+from graphcap.mtp.graph_specs import mtp_graph_specs
 from graphcap.mtp.preprocess import SlotRows, declare_step_buffers, write_step_inputs
+from graphcap.ops.sampler import sample_speculative
 from graphcap.ops.sampling_params import MAX_INFER_SEED
 from graphcap.registry import CaptureRegistry
-from graphcap.sampling import sample_speculative
 
 END_TOKEN = 2
 
@@ -101,7 +104,9 @@ class MTPEngine:
 
     ``config.use_graph`` turns graphs on for the target verify step;
     ``config.draft_use_graph`` for the draft steps, independently. Results
-    (tokens and the final ``infer_seed``) are identical either way.
+    (tokens and the final ``infer_seed``) are identical either way. Without
+    draft tokens (k = 0) there is no draft step: ``draft`` and ``draft_next``
+    are None and only ``target`` is captured.
     """
 
     def __init__(
@@ -113,7 +118,7 @@ class MTPEngine:
         sampling: SamplingOptions | None = None,
         bundle: TinyLMBundle | None = None,
     ) -> None:
-        """Load the model, declare the static buffers and wrap the three step functions."""
+        """Load the model, declare the static buffers and wrap the step functions in graphs."""
         k = config.num_speculative_tokens
         steps = k if num_model_steps is None else num_model_steps
         if k and not 1 <= steps <= k:
@@ -147,17 +152,24 @@ class MTPEngine:
             ("draft_k", self.bundle.draft_cache.k), ("draft_v", self.bundle.draft_cache.v),
         ):
             bufs.adopt(name, tensor)
-        self.target = self.registry.graphed(
-            "target", batch_arg="token_ids", padding={"slot_ids": -1}
-        )(self._target_step)
-        self.draft = self.registry.graphed(
-            "draft", batch_arg="token_ids", padding={"slot_ids": -1},
-            enabled=config.draft_use_graph,
-        )(self._draft_step)
-        self.draft_next = self.registry.graphed(
-            "draft_next", batch_arg="token_ids", rows_per_request=1, padding={"slot_ids": -1},
-            enabled=config.draft_use_graph,
-        )(self._draft_step)
+        # The graphs, with names, sizes and rows per request from mtp_graph_specs (which
+        # `python -m graphcap plan` reads too); without draft tokens there are no draft steps.
+        specs = {spec.name: spec for spec in mtp_graph_specs(config)}
+        self.target = self._graphed(specs["target"])(self._target_step)
+        self.draft = self.draft_next = None
+        if "draft" in specs:
+            drafts_on = config.draft_use_graph
+            self.draft = self._graphed(specs["draft"], enabled=drafts_on)(self._draft_step)
+            self.draft_next = self._graphed(specs["draft_next"], enabled=drafts_on)(self._draft_step)
+
+    def _graphed(
+        self, spec: GraphSpec, *, enabled: bool | None = None
+    ) -> Callable[[Callable[..., Any]], Any]:
+        """The registry's decorator for one of the engine's graphs; ``enabled=None`` follows ``use_graph``."""
+        return self.registry.graphed(
+            spec.name, batch_arg="token_ids", capture_sizes=spec.sizes,
+            rows_per_request=spec.rows_per_request, padding={"slot_ids": -1}, enabled=enabled,
+        )
 
     # Step functions (the captured regions) ----------------------------------
     def _target_step(

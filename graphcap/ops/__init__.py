@@ -13,6 +13,10 @@ per-request inputs are read for their first B rows.
 ``padding_sampling_params`` FastDeploy's legacy builder, operation for
 operation (the benchmark baseline). The C++ ops are compiled once into a
 cache (``make op`` / ``python -m graphcap.ops.build``) and loaded on first use.
+
+``graphcap.ops.sampler`` is the graph-safe top-k / top-p sampler built on
+these ops: ``sample_plain`` (one row per request) and ``sample_speculative``
+(1+k rows per request, for MTP verify).
 """
 
 from graphcap.ops import portable

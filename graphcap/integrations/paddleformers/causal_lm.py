@@ -34,9 +34,9 @@ import paddle
 from graphcap.config import GraphConfig
 from graphcap.errors import ConfigError
 from graphcap.integrations.paddleformers.cache import StaticCache
+from graphcap.ops.sampler import sample_plain
 from graphcap.ops.sampling_params import MAX_INFER_SEED
 from graphcap.registry import CaptureRegistry
-from graphcap.sampling import sample_plain
 
 logger = logging.getLogger("graphcap")
 

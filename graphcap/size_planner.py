@@ -1,15 +1,15 @@
-"""Workload-aware capture sizes: choose the buckets that pad a real batch-size trace the least.
+"""The size planner: choose the capture sizes that pad a real batch-size trace the least.
 
 A *trace* is the row count of every decode step an engine ran (one integer per
 step). A step of ``n`` rows runs in the graph of the smallest capture size
 ``s >= n`` and wastes ``s - n`` padded rows; a step above the largest size runs
 eagerly; a step of 0 rows runs nothing. :func:`plan_capture_sizes` returns the
 sizes that minimise the total padded rows of a trace under a budget of graphs,
-exactly, by dynamic programming.
-
-The module also holds the default capture-size rules of FastDeploy, vLLM,
-SGLang and TensorRT-LLM, each written from its documented definition, so that
-the planner can be compared against them (``benchmarks/bench_buckets.py``).
+exactly, by dynamic programming. The module also reads trace files
+(:func:`load_trace`), measures the padding of any size list
+(:func:`padding_waste`) and tabulates several lists side by side
+(:func:`format_padding_table`), e.g. against the engines' default lists of
+``graphcap.capture_sizes`` (``benchmarks/bench_buckets.py``).
 It imports numpy only, never paddle.
 """
 
@@ -19,24 +19,15 @@ import json
 import operator
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from graphcap.errors import ConfigError
+from graphcap.validators import positive_int
 
-__all__ = [
-    "ENGINE_RULES",
-    "fastdeploy_sizes",
-    "format_plan_table",
-    "load_trace",
-    "padding_waste",
-    "plan_capture_sizes",
-    "sglang_sizes",
-    "trtllm_sizes",
-    "vllm_sizes",
-]
+__all__ = ["format_padding_table", "load_trace", "padding_waste", "plan_capture_sizes"]
 
 _INT_TOKEN = re.compile(r"[+-]?\d+")
 _SEPARATORS = re.compile(r"[\s,]+")
@@ -163,28 +154,16 @@ def _validate_trace(trace: Iterable[Any], field: str = "trace") -> np.ndarray:
     return np.asarray(values, dtype=np.int64)
 
 
-def _positive_int(value: Any, field: str, minimum: int = 1) -> int:
-    if isinstance(value, (bool, np.bool_)):
-        raise ConfigError(f"{field}={value!r} is a bool; pass an integer >= {minimum}")
-    try:
-        number = operator.index(value)
-    except TypeError as exc:
-        raise ConfigError(f"{field}={value!r} is not an integer; pass an integer >= {minimum}") from exc
-    if number < minimum:
-        raise ConfigError(f"{field}={number} is not allowed; pass an integer >= {minimum}")
-    return number
-
-
 def _validate_sizes(sizes: Iterable[Any]) -> tuple[int, ...]:
     if isinstance(sizes, (str, bytes)):
         raise ConfigError("sizes is a string; pass a sequence of positive capture sizes")
-    checked = [_positive_int(size, f"sizes[{index}]") for index, size in enumerate(sizes)]
+    checked = [positive_int(size, f"sizes[{index}]") for index, size in enumerate(sizes)]
     if not checked:
         raise ConfigError("sizes is empty; pass at least one capture size >= 1")
     return tuple(sorted(set(checked)))
 
 
-# --------------------------------------------------------------------------- the planner
+# --------------------------------------------------------------------------- the size planner
 
 
 def plan_capture_sizes(
@@ -221,13 +200,13 @@ def plan_capture_sizes(
     Raises ``ConfigError`` naming the field and value for a bad argument, an
     empty trace, or a trace with no step a graph could serve.
     """
-    graphs = _positive_int(max_graphs, "max_graphs")
-    step = _positive_int(multiple_of, "multiple_of")
+    graphs = positive_int(max_graphs, "max_graphs")
+    step = positive_int(multiple_of, "multiple_of")
     rows = _validate_trace(trace)
 
     cap: int | None = None
     if max_size is not None:
-        limit = _positive_int(max_size, "max_size")
+        limit = positive_int(max_size, "max_size")
         cap = (limit // step) * step
         if cap < step:
             raise ConfigError(
@@ -350,89 +329,6 @@ def padding_waste(trace: Iterable[int], sizes: Iterable[int]) -> dict[str, Any]:
     }
 
 
-# --------------------------------------------------------------------------- engine defaults
-
-
-def _finish(sizes: Iterable[int], max_size: int, multiplier: int) -> tuple[int, ...]:
-    kept = sorted({size for size in sizes if size <= max_size})
-    return tuple(size * multiplier for size in kept)
-
-
-def _check_rule_args(max_size: int, multiplier: int) -> tuple[int, int]:
-    return _positive_int(max_size, "max_size"), _positive_int(multiplier, "multiplier")
-
-
-def fastdeploy_sizes(max_size: int, *, multiplier: int = 1) -> tuple[int, ...]:
-    """FastDeploy's default capture sizes for ``max_size`` requests, each times ``multiplier``.
-
-    1, 2, 4, then 8..128 step 8, 144..256 step 16, 288..1024 step 32, plus
-    ``max_size`` itself, filtered to <= ``max_size``. FastDeploy's default
-    maximum is ``min(512, max_num_seqs)``. With k draft tokens pass
-    ``multiplier=k+1``: the filter counts requests, the sizes count rows.
-    """
-    # Source: FastDeploy fastdeploy/config.py, GraphOptimizationConfig
-    # (init_with_cudagrpah_size / _set_cudagraph_sizes) and docs/features/graph_optimization.md.
-    max_size, multiplier = _check_rule_args(max_size, multiplier)
-    candidates = [1, 2, 4, *range(8, 129, 8), *range(144, 257, 16), *range(288, 1025, 32), max_size]
-    return _finish(candidates, max_size, multiplier)
-
-
-def vllm_sizes(max_size: int, *, multiplier: int = 1) -> tuple[int, ...]:
-    """vLLM's default CUDA-graph capture sizes up to ``max_size``, each times ``multiplier``.
-
-    1, 2, 4, every 8 from 8 to 248, then every 16 from 256 to ``max_size``
-    (``max_cudagraph_capture_size``, by default ``min(2 * max_num_seqs, 512)``).
-    ``max_size`` itself is not added when it is off that grid.
-    """
-    # Source: vLLM vllm/config/vllm.py, VllmConfig._set_cudagraph_sizes:
-    # [1, 2, 4] + range(8, 256, 8) + range(256, max_graph_size + 1, 16), then filtered.
-    max_size, multiplier = _check_rule_args(max_size, multiplier)
-    candidates = [1, 2, 4, *range(8, 256, 8), *range(256, max_size + 1, 16)]
-    return _finish(candidates, max_size, multiplier)
-
-
-def sglang_sizes(max_size: int, *, multiplier: int = 1) -> tuple[int, ...]:
-    """SGLang's default CUDA-graph batch sizes up to ``max_size``, each times ``multiplier``.
-
-    1, 2, 4, 8, 12, every 8 from 16 to 256, every 16 from 272 to 496, every 32
-    from 512, filtered to <= ``max_size`` (``--cuda-graph-max-bs``, whose default
-    depends on GPU memory, e.g. 160 to 512), plus ``max_size`` itself.
-    """
-    # Source: SGLang python/sglang/srt/server_args.py, ServerArgs._generate_cuda_graph_batch_sizes
-    # (non-speculative branch; recent versions append cuda_graph_max_bs when off the grid).
-    max_size, multiplier = _check_rule_args(max_size, multiplier)
-    candidates = [
-        1, 2, 4, 8, 12,
-        *range(16, 257, 8),
-        *range(272, 512, 16),
-        *range(512, max_size + 1, 32),
-        max_size,
-    ]  # fmt: skip
-    return _finish(candidates, max_size, multiplier)
-
-
-def trtllm_sizes(max_size: int = 128, *, multiplier: int = 1) -> tuple[int, ...]:
-    """TensorRT-LLM's CUDA-graph batch sizes with padding enabled, each times ``multiplier``.
-
-    1, 2, 4, every 8 from 8 to 128, then every 64 (192, 256, ...) up to
-    ``max_size``, plus ``max_size`` itself; the default maximum is 128.
-    """
-    # Source: TensorRT-LLM tensorrt_llm/llmapi/llm_args.py,
-    # CudaGraphConfig._generate_cuda_graph_batch_sizes(max_batch_size, enable_padding=True).
-    max_size, multiplier = _check_rule_args(max_size, multiplier)
-    candidates = [1, 2, 4, *range(8, 129, 8), *range(192, max_size + 1, 64), max_size]
-    return _finish(candidates, max_size, multiplier)
-
-
-ENGINE_RULES: dict[str, Callable[..., tuple[int, ...]]] = {
-    "fastdeploy": fastdeploy_sizes,
-    "vllm": vllm_sizes,
-    "sglang": sglang_sizes,
-    "tensorrt-llm": trtllm_sizes,
-}
-"""Engine name -> its default capture-size rule ``rule(max_size, *, multiplier=1)``."""
-
-
 # --------------------------------------------------------------------------- reporting
 
 
@@ -443,7 +339,7 @@ def _short_sizes(sizes: Sequence[int], limit: int) -> str:
     return ",".join(map(str, sizes[:head])) + ",...," + ",".join(map(str, sizes[-2:]))
 
 
-def format_plan_table(
+def format_padding_table(
     trace: Iterable[int],
     policies: Mapping[str, Iterable[int]],
     *,
