@@ -12,7 +12,7 @@ from collections.abc import Iterable
 import attrs
 
 from graphcap.capture_sizes import fastdeploy_sizes
-from graphcap.errors import ConfigError
+from graphcap.errors import ConfigError, StaticBufferError
 
 __all__ = ["BucketMap", "PaddingStats", "default_capture_sizes"]
 
@@ -52,7 +52,7 @@ class BucketMap:
         if rows > self.largest:
             return None
         if rows < 0:
-            raise ValueError(f"rows={rows} is negative; a batch has 0 or more rows")
+            raise StaticBufferError(f"rows={rows} is negative; a batch has 0 or more rows")
         return self._table[rows]
 
     def __repr__(self) -> str:

@@ -280,10 +280,6 @@ class StaticBuffers:
         self._buffer(name)
         return self._specs[name]
 
-    def restorable(self) -> list[paddle.Tensor]:
-        """The buffers declared with ``restore=True`` (snapshotted around captures)."""
-        return [tensor for _, tensor in self.restorable_items()]
-
     def restorable_items(self) -> list[tuple[str, paddle.Tensor]]:
         """``(name, tensor)`` of every buffer declared with ``restore=True``."""
         return [(name, self._tensors[name]) for name, spec in self._specs.items() if spec.restore]

@@ -16,6 +16,7 @@ from typing import Any
 import attrs
 
 from graphcap.errors import ConfigError
+from graphcap.validators import positive_int
 
 BACKENDS = ("auto", "eager", "static", "device")
 ON_UNSAFE_CAPTURE = ("raise", "eager")
@@ -32,12 +33,9 @@ def _check_choice(allowed: tuple[str, ...]) -> Any:
     return check
 
 
-def _check_int(minimum: int) -> Any:
-    def check(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ConfigError(f"'{attribute.name}' must be an integer >= {minimum} (got {value!r})")
-
-    return check
+def _int_field(name: str, default: int, minimum: int) -> Any:
+    """An integer field: numpy integers become ``int`` (the config is JSON-dumped), bad values a ``ConfigError``."""
+    return attrs.field(default=default, converter=lambda value: positive_int(value, name, minimum=minimum))
 
 
 def _check_bool(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
@@ -131,19 +129,19 @@ class GraphConfig:
     use_graph: bool = attrs.field(default=False, validator=_check_bool)
     backend: str = attrs.field(default="auto", validator=_check_choice(BACKENDS))
     capture_sizes: tuple[int, ...] | str | None = attrs.field(default=None, converter=_convert_sizes)
-    max_capture_size: int = attrs.field(default=DEFAULT_MAX_CAPTURE_SIZE, validator=_check_int(1))
-    num_speculative_tokens: int = attrs.field(default=0, validator=_check_int(0))
+    max_capture_size: int = _int_field("max_capture_size", DEFAULT_MAX_CAPTURE_SIZE, 1)
+    num_speculative_tokens: int = _int_field("num_speculative_tokens", 0, 0)
     draft_use_graph: bool = attrs.field(default=True, validator=_check_bool)
-    num_warmups: int = attrs.field(default=2, validator=_check_int(1))
+    num_warmups: int = _int_field("num_warmups", 2, 1)
     debug_checks: bool = attrs.field(default=True, validator=_check_bool)
-    address_check_interval: int = attrs.field(default=8, validator=_check_int(1))
+    address_check_interval: int = _int_field("address_check_interval", 8, 1)
     on_unsafe_capture: str = attrs.field(default="raise", validator=_check_choice(ON_UNSAFE_CAPTURE))
     on_capture_failure: str = attrs.field(default="eager", validator=_check_choice(ON_CAPTURE_FAILURE))
     on_rebind: str = attrs.field(default="raise", validator=_check_choice(ON_REBIND))
-    max_graphs_per_bucket: int = attrs.field(default=8, validator=_check_int(1))
+    max_graphs_per_bucket: int = _int_field("max_graphs_per_bucket", 8, 1)
     sync_ranks: bool = attrs.field(default=False, validator=_check_bool)
     trace: tuple[int, ...] | str | os.PathLike | None = attrs.field(default=None, converter=_convert_trace)
-    max_graphs: int = attrs.field(default=16, validator=_check_int(1))
+    max_graphs: int = _int_field("max_graphs", 16, 1)
 
     def __attrs_post_init__(self) -> None:
         if self.sync_ranks and self.on_rebind == "recapture":

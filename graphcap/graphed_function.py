@@ -109,6 +109,9 @@ class GraphedFunction:
             skip_types=skip_types,
         )
         self._entries: dict[GraphKey, GraphEntry] = {}
+        # The arguments of the latest capture, kept for capture_all() without an
+        # example. It holds the caller's tensors alive until reset() drops it or
+        # the next capture replaces it: one batch of inputs, never more.
         self._last_call: dict[str, Any] | None = None
         self._agreement = registry.agreement
         self._step_agreement = lambda: registry.current_step

@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 
 from graphcap.buckets import BucketMap, PaddingStats
+from graphcap.errors import StaticBufferError
 
 
 @pytest.mark.parametrize(
@@ -14,7 +15,7 @@ def test_rows_pad_to_the_smallest_size_that_fits(rows, bucket):
 
 
 def test_negative_rows_are_rejected():
-    with pytest.raises(ValueError, match="-1"):
+    with pytest.raises(StaticBufferError, match="rows=-1"):
         BucketMap([1, 2]).bucket(-1)
 
 

@@ -87,7 +87,7 @@ def test_declared_buffers_are_restored_around_capture_and_adopted_ones_are_not(b
     cache = paddle.zeros([4, 8])
     bufs.adopt("kv_cache", cache)
     bufs.declare("scratch", [4], "float32", restore=False)
-    restorable = bufs.restorable()
+    restorable = [tensor for _, tensor in bufs.restorable_items()]
     assert any(t is bufs.x for t in restorable)
     assert not any(t is cache for t in restorable)
     assert not any(t is bufs.scratch for t in restorable)

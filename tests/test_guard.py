@@ -13,7 +13,7 @@ import paddle
 import pytest
 
 from graphcap import failures
-from graphcap.errors import CaptureSafetyError, GraphCapError
+from graphcap.errors import CaptureSafetyError, ConfigError, GraphCapError
 from graphcap.guard import GUARDED_CALLS, allow_host_reads, capture_guard, guard_active
 from graphcap.safety import register_graph_safe_op
 
@@ -159,6 +159,19 @@ def test_graph_safe_op_may_read_on_host() -> None:
         with pytest.raises(CaptureSafetyError):
             x.numpy()  # the same call outside the op is still flagged
     np.testing.assert_allclose(out.numpy(), [4.0, 6.0, 8.0])
+
+
+def test_graph_safe_op_registration_errors_name_the_problem() -> None:
+    @register_graph_safe_op("test_guard_registered_once", inplace=("out",))
+    def writes_out(x: paddle.Tensor, out: paddle.Tensor) -> None:
+        paddle.assign(x, output=out)
+
+    with pytest.raises(ConfigError, match="already registered"):
+        register_graph_safe_op("test_guard_registered_once")(lambda x: x)
+    with pytest.raises(ConfigError, match=r"\['outt'\].*not parameters"):
+        register_graph_safe_op("test_guard_typo_in_inplace", inplace=("outt",))(lambda x, out: x)
+    # The refused registration left no entry behind, so the name can still be used.
+    register_graph_safe_op("test_guard_typo_in_inplace", inplace=("out",))(lambda x, out: x)
 
 
 def test_allow_host_reads_context_manager_logs_once_per_site(caplog: pytest.LogCaptureFixture) -> None:

@@ -48,8 +48,9 @@ _MASK64 = (1 << 64) - 1
 # instead of AST-converting them, which would lose module-level defaults.
 
 
+# Graph-safe: float32 [R] from int64 seeds via splitmix64; static shape, reads nothing on the host.
 @paddle.jit.not_to_static
-@register_graph_safe_op("seeded_uniform", note="float32 [R] from int64 seeds via splitmix64; static shape")
+@register_graph_safe_op("seeded_uniform")
 def seeded_uniform(seed: paddle.Tensor, *, impl: str = "auto") -> paddle.Tensor:
     """Deterministic uniform in [0, 1) per row: splitmix64(seed) top 24 bits; ``seed`` int64 [R] or [R, 1] -> float32 [R].
 

@@ -261,13 +261,11 @@ def build_sampling_params(
     return outs[0], outs[1], outs[2]
 
 
+# Graph-safe: the row count is read from cu_seqlens_q_output[B] / seq_lens_encoder
+# on the device; it writes caller-owned static outputs, rows past the count are
+# padding (1.0, 0, 0).
 @paddle.jit.not_to_static
-@register_graph_safe_op(
-    "build_sampling_params",
-    inplace=("infer_seed", "out_top_p", "out_top_k", "out_seed"),
-    note="row count read from cu_seqlens_q_output[B] / seq_lens_encoder on the device; "
-    "writes caller-owned static outputs; rows past the count are padding (1.0, 0, 0)",
-)
+@register_graph_safe_op("build_sampling_params", inplace=("infer_seed", "out_top_p", "out_top_k", "out_seed"))
 def build_sampling_params_into(
     *,
     top_p: paddle.Tensor,
