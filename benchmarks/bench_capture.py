@@ -80,9 +80,10 @@ class CaptureLog(logging.Handler):
         self.records: list[tuple[str, int, float, int]] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        """Keep ``captured %s[%d] in %.3f s`` records (the registry logs one per bucket)."""
-        if record.msg.startswith("captured ") and isinstance(record.args, tuple) and len(record.args) == 3:
-            name, bucket, seconds = record.args
+        """Keep the records that carry ``graphcap_capture = (graph, bucket, seconds)`` (one per capture)."""
+        capture = getattr(record, "graphcap_capture", None)
+        if capture is not None:
+            name, bucket, seconds = capture
             self.records.append((str(name), int(bucket), float(seconds), rss_kib()))
 
 

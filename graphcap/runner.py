@@ -323,7 +323,10 @@ class GraphRunner:
         elapsed = time.perf_counter() - started
         self.stats.count("captures")
         self.stats.capture_seconds += elapsed
-        logger.debug("captured %s in %.3f s", entry.label, elapsed)
+        # `graphcap_capture` carries the same facts as fields, for tools that
+        # time captures (benchmarks/bench_capture.py) without parsing the text.
+        logger.debug("captured %s in %.3f s", entry.label, elapsed,
+                     extra={"graphcap_capture": (self.name, bucket, elapsed)})
         return entry
 
     def _registry_ranges(self) -> Callable[[paddle.Tensor], bool]:
