@@ -200,11 +200,11 @@ PROFILE_GROUPS = (
     # (label, substrings of "file:function"; first match wins, checked against cumulative time)
     ("replay: to_static program call", ("static.py:replay",)),
     ("staging copies (buffers.write)", ("buffers.py:write",)),
-    ("address checks", ("registry.py:_check_addresses",)),
+    ("replay checks", ("checks.py:__call__",)),
     ("eager prefill", ("engine.py:_prefill",)),
     ("host: step inputs (write_step_inputs)", ("preprocess.py:write_step_inputs",)),
     ("host: draft proposals (_propose)", ("engine.py:_propose",)),
-    ("graphed call total (GraphedFunction.__call__)", ("registry.py:__call__",)),
+    ("graphed call total (GraphedFunction.__call__)", ("graphed_function.py:__call__",)),
     ("decode total (_decode)", ("engine.py:_decode",)),
 )
 
@@ -220,7 +220,9 @@ def profile_pass(k: int, batch: int, backend: str, max_new_tokens: int, greedy: 
     engines = {mode: build_engine(mode == "on", backend, k, batch, greedy) for mode in ("off", "on")}
     for engine in engines.values():
         engine.generate(requests)
-    out["capture_failures"] = engines["on"].stats()["capture_failures"]
+    capture = engines["on"].stats()
+    out["capture_failures"] = capture["capture_failures"]
+    out["fallback_reasons"] = sorted({entry["reason"] for entry in capture["fallbacks"]})
     for mode, engine in engines.items():
         profiler = cProfile.Profile()
         profiler.enable()
@@ -253,6 +255,7 @@ def format_profile(profile: dict[str, Any]) -> str:
     """The profile as text: role totals per mode, then the top self-time functions of graphs on."""
     lines = [f"profile (cProfile, one warm pass, k={profile['k']}, batch {profile['batch']}; "
              f"capture failures: {profile['capture_failures']}):"]
+    lines.extend(f"  fallback: {reason}" for reason in profile.get("fallback_reasons", []))
     for mode in ("off", "on"):
         part = profile[mode]
         lines.append(f"  graphs {mode}: {part['profiled_seconds']:.3f} s profiled, {part['decode_steps']} decode steps")
