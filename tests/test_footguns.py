@@ -411,6 +411,27 @@ def test_exception_inside_capture(backend):
     assert not hasattr(paddle.Tensor.item, "__graphcap_guarded__")
 
 
+def test_a_failed_trace_leaves_no_records_in_dy2static():
+    # Paddle 3.3.1 keeps per-program records of a trace in global tables keyed by
+    # id(program) and drops them only after a successful trace; a later program at
+    # the same address then read a dead program's value and crashed the test run.
+    from paddle.jit.dy2static.parameter_recorder import _global_inplace_map, _global_parameter_recorder
+
+    def keys() -> list[set]:
+        return [set(_global_parameter_recorder.params_dict), set(_global_parameter_recorder.tensor2value),
+                set(_global_inplace_map.params_dict)]
+
+    before = keys()
+    reg = registry("static")
+    fwd = reg.graphed("t", batch_arg="x")(fail_once_in_bucket(4, on_call=(3, 4)))
+    x = paddle.arange(3, dtype="float32")
+    assert values(fwd(x=x)) == [0.0, 3.0, 6.0]
+    assert reg.stats()["capture_failures"] == 1
+    assert keys() == before
+    assert values(fwd(x=x[:2])) == [0.0, 3.0]  # the next trace reads the same staging buffers
+    assert keys() == before and reg.stats()["captures"] == 1
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_exception_inside_a_warmup_propagates_like_eager(backend):
     reg = registry(backend)

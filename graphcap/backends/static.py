@@ -69,6 +69,44 @@ def _decorators_dropped(name: str) -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def _trace_records_dropped_on_failure() -> Iterator[None]:
+    """Forget what a failed trace left in dy2static's global per-program records.
+
+    dy2static maps each eager tensor a trace reads to a value of the program
+    being built, in global tables keyed by ``id(program)``, and drops a
+    program's entries only when its trace succeeds (Paddle 3.3.1,
+    ``graph_tracing_guard``). After a trace that raised, the entries outlive
+    their program; a later program allocated at the same address then finds
+    the dead program's value for a tensor it reads again (a staging buffer
+    shared by the buckets) and Paddle crashes with a segmentation fault in
+    ``pir::Type::type_id``, or reads a value of the wrong program. A capture
+    that fails is an ordinary event here (the bucket runs eagerly), so the
+    entries a failed trace added are removed.
+    """
+    try:
+        from paddle.jit.dy2static.parameter_recorder import _global_inplace_map, _global_parameter_recorder
+    except ImportError:  # another Paddle layout: nothing known to clean
+        yield
+        return
+
+    def tables() -> list[dict[Any, Any]]:
+        # Read at each use: a trace's control flow may replace the inplace map's dict.
+        found = [getattr(_global_parameter_recorder, "params_dict", None),
+                 getattr(_global_parameter_recorder, "tensor2value", None),
+                 getattr(_global_inplace_map, "params_dict", None)]
+        return [table if isinstance(table, dict) else {} for table in found]
+
+    before = [set(table) for table in tables()]
+    try:
+        yield
+    except BaseException:
+        for table, keys in zip(tables(), before):
+            for key in set(table) - keys:
+                del table[key]
+        raise
+
+
+@contextlib.contextmanager
 def _modules_kept_as_written(modules: Iterable[types.ModuleType]) -> Iterator[None]:
     """While tracing, let calls into ``modules`` run as written instead of being converted."""
     from paddle.jit.dy2static import convert_call_func
@@ -204,7 +242,7 @@ class StaticBackend:
 
     def capture(self, run: Callable[[], None], label: str, reachable: Reachable | None = None) -> StaticGraph:
         """Trace ``run`` into a program; the trace executes it once, writing the outputs."""
-        with _modules_kept_as_written(_helper_modules(reachable, run)):
+        with _modules_kept_as_written(_helper_modules(reachable, run)), _trace_records_dropped_on_failure():
             program = paddle.jit.to_static(run, full_graph=True)
             program()
         return StaticGraph(program)
