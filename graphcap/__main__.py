@@ -33,7 +33,7 @@ def _demo(args: argparse.Namespace) -> int:
         llama = LlamaDemoOptions(
             batch_size=args.batch_size, num_prompts=args.num_prompts,
             max_new_tokens=24 if args.max_new_tokens is None else args.max_new_tokens,
-            backend=args.backend, greedy=args.greedy, modes=modes,
+            backend=args.backend, greedy=args.greedy, modes=modes, timed_passes=args.timed_passes,
         )
         return 0 if run_llama_demo(llama, json_path=args.json)["identical"] else 1
     options = DemoOptions(
@@ -46,6 +46,7 @@ def _demo(args: argparse.Namespace) -> int:
         greedy=args.greedy,
         draft_use_graph=not args.no_draft_graph,
         modes=modes,
+        timed_passes=args.timed_passes,
     )
     result = run_demo(options, json_path=args.json)
     return 0 if result["identical"] else 1
@@ -95,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--backend", default="static", choices=("auto", "eager", "static", "device"))
     demo.add_argument("--greedy", action="store_true", help="argmax instead of seeded top-p/top-k sampling")
     demo.add_argument("--no-draft-graph", action="store_true", help="keep the draft steps eager")
+    demo.add_argument("--timed-passes", type=int, default=3,
+                      help="timed passes per mode, interleaved across modes; the table gives the median")
     demo.add_argument("--json", type=Path, default=None, help="write the results as JSON here")
     demo.set_defaults(run=_demo)
 

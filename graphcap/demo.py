@@ -1,23 +1,28 @@
 """The main job: a batch of prompts through the MTP loop with graphs off and on, side by side.
 
-Each configuration runs the same requests twice in one process: the first
-pass captures graphs lazily (its capture seconds are reported), the second is
-timed. Tokens and the final ``infer_seed`` of the runs are compared exactly.
+Each mode gets its own engine over the same model. Every engine first runs
+the requests once (graphs are captured lazily in that pass; its capture
+seconds are reported), then ``timed_passes`` more times, interleaved with the
+other modes round by round (``graphcap.interleave``); the table gives the
+median pass. Tokens and the final ``infer_seed`` of every pass are compared
+exactly across modes.
 """
 
 from __future__ import annotations
 
 import json
-import time
+import statistics
 from pathlib import Path
 from typing import Any
 
 import attrs
 
 from graphcap.config import GraphConfig
+from graphcap.interleave import interleaved_runs, median_seconds
 from graphcap.models.corpus import make_prompts
 from graphcap.models.tiny_lm import load_tiny_lm
 from graphcap.mtp.engine import MTPEngine, Request, SamplingOptions
+from graphcap.validators import positive_int
 
 
 @attrs.frozen(kw_only=True)
@@ -34,10 +39,10 @@ class DemoOptions:
     draft_use_graph: bool = True
     modes: tuple[str, ...] = ("off", "on")
     seed: int = 0
+    timed_passes: int = attrs.field(default=3, converter=lambda value: positive_int(value, "timed_passes"))
 
 
-def run_mode(options: DemoOptions, use_graph: bool) -> dict[str, Any]:
-    """Run one configuration (a capture pass, then a timed pass); return its row of the table."""
+def _engine(options: DemoOptions, use_graph: bool) -> MTPEngine:
     config = GraphConfig(
         use_graph=use_graph,
         backend=options.backend,
@@ -45,52 +50,65 @@ def run_mode(options: DemoOptions, use_graph: bool) -> dict[str, Any]:
         max_capture_size=options.batch_size,
         draft_use_graph=options.draft_use_graph,
     )
-    prompts = make_prompts(options.num_prompts, seed=options.seed)
-    requests = [
-        Request(prompt=prompt, max_new_tokens=options.max_new_tokens, seed=1000 + index, top_p=0.9, top_k=32)
-        for index, prompt in enumerate(prompts)
-    ]
-    engine = MTPEngine(
+    return MTPEngine(
         config,
         max_batch=options.batch_size,
         num_model_steps=options.num_model_steps,
         sampling=SamplingOptions(greedy=options.greedy),
         bundle=load_tiny_lm(options.batch_size),
     )
-    engine.generate(requests)  # capture pass: graphs are captured lazily here
-    capture = engine.stats()
-    started = time.perf_counter()
-    tokens, run = engine.generate(requests)
-    wall = time.perf_counter() - started
-    stats = engine.stats()
-    return {
-        "mode": "graphs on" if use_graph else "graphs off",
-        "backend": stats["backend"] if use_graph else "none",
-        "tokens": run.tokens,
-        "wall_seconds": round(wall, 3),
-        "tokens_per_second": round(run.tokens / wall, 1),
-        "decode_tokens_per_second": round((run.tokens - len(requests)) / run.decode_seconds, 1)
-        if run.decode_seconds
-        else 0.0,
-        "decode_steps": run.decode_steps,
-        "mean_accepted_per_step": round(run.accepted_drafts / max(1, run.proposed_drafts) * options.num_speculative_tokens, 3),
-        "acceptance_rate": round(run.acceptance_rate, 3),
-        "graphs": stats["graphs"],
-        "capture_seconds": capture["capture_seconds"],
-        "eager_fallbacks": stats["eager_fallbacks"],
-        "padded_rows": stats["padded_rows"],
-        "_tokens": tokens,
-        "_infer_seed": engine.infer_seed(),
-    }
+
+
+def run_modes(options: DemoOptions) -> list[dict[str, Any]]:
+    """Every mode's capture pass, then its timed passes interleaved with the others'; one row per mode."""
+    prompts = make_prompts(options.num_prompts, seed=options.seed)
+    requests = [
+        Request(prompt=prompt, max_new_tokens=options.max_new_tokens, seed=1000 + index, top_p=0.9, top_k=32)
+        for index, prompt in enumerate(prompts)
+    ]
+    engines = {mode: _engine(options, use_graph=(mode == "on")) for mode in options.modes}
+    captures = {}
+    for mode, engine in engines.items():
+        engine.generate(requests)  # capture pass: graphs are captured lazily here
+        captures[mode] = engine.stats()
+
+    def timed_pass(mode: str) -> tuple[Any, Any, int]:
+        tokens, run = engines[mode].generate(requests)
+        return tokens, run, engines[mode].infer_seed()
+
+    runs = interleaved_runs(timed_pass, options.modes, options.timed_passes)
+    rows = []
+    for mode, engine in engines.items():
+        wall = median_seconds(runs[mode])
+        decode = statistics.median(timed.result[1].decode_seconds for timed in runs[mode])
+        _, run, _ = runs[mode][0].result
+        stats = engine.stats()
+        rows.append({
+            "mode": "graphs on" if mode == "on" else "graphs off",
+            "backend": stats["backend"] if mode == "on" else "none",
+            "tokens": run.tokens,
+            "timed_passes": options.timed_passes,
+            "wall_seconds": round(wall, 3),
+            "tokens_per_second": round(run.tokens / wall, 1),
+            "decode_tokens_per_second": round((run.tokens - len(requests)) / max(decode, 1e-9), 1),
+            "decode_steps": run.decode_steps,
+            "mean_accepted_per_step": round(
+                run.accepted_drafts / max(1, run.proposed_drafts) * options.num_speculative_tokens, 3),
+            "acceptance_rate": round(run.acceptance_rate, 3),
+            "graphs": stats["graphs"],
+            "capture_seconds": captures[mode]["capture_seconds"],
+            "eager_fallbacks": stats["eager_fallbacks"],
+            "padded_rows": stats["padded_rows"],
+            # Every timed pass's (tokens, final infer_seed), compared across modes pass by pass.
+            "_passes": [(timed.result[0], timed.result[2]) for timed in runs[mode]],
+        })
+    return rows
 
 
 def run_demo(options: DemoOptions, json_path: Path | None = None) -> dict[str, Any]:
     """Run every mode, print the table and the identity line, write JSON; returns the result."""
-    rows = [run_mode(options, use_graph=(mode == "on")) for mode in options.modes]
-    reference = rows[0]
-    identical = all(
-        row["_tokens"] == reference["_tokens"] and row["_infer_seed"] == reference["_infer_seed"] for row in rows
-    )
+    rows = run_modes(options)
+    identical = all(row["_passes"] == rows[0]["_passes"] for row in rows)
     columns = [
         ("mode", "mode", "{}"), ("tokens", "tokens", "{}"), ("tok/s", "tokens_per_second", "{:.1f}"),
         ("decode tok/s", "decode_tokens_per_second", "{:.1f}"), ("accepted/step", "mean_accepted_per_step", "{:.2f}"),
@@ -101,7 +119,8 @@ def run_demo(options: DemoOptions, json_path: Path | None = None) -> dict[str, A
     header = " | ".join(title for title, _, _ in columns)
     print(f"graphcap demo: MTP k={options.num_speculative_tokens}, batch {options.batch_size}, "
           f"{options.num_prompts} prompts x {options.max_new_tokens} new tokens, backend {options.backend}, "
-          f"{'greedy' if options.greedy else 'top-p 0.9 / top-k 32 sampling'}")
+          f"{'greedy' if options.greedy else 'top-p 0.9 / top-k 32 sampling'}; "
+          f"median of {options.timed_passes} timed passes per mode, interleaved")
     print(header)
     print("-" * len(header))
     for row in rows:

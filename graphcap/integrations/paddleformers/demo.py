@@ -1,15 +1,16 @@
 """``python -m graphcap demo --model llama-tiny``: a PaddleFormers Llama generating with graphs off and on.
 
-Each mode builds its own ``GraphedCausalLM`` over the same model, runs the
+Each mode builds its own ``GraphedCausalLM`` over the same model and runs the
 prompts once (graphs are captured lazily in that pass, its capture seconds
-reported), then again timed. Generated tokens are compared exactly.
+reported), then ``timed_passes`` more times, interleaved with the other modes
+round by round (``graphcap.interleave``); the table gives the median pass.
+Generated tokens of every pass are compared exactly across modes.
 """
 
 from __future__ import annotations
 
 import json
 import random
-import time
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,8 @@ import attrs
 from graphcap.config import GraphConfig
 from graphcap.integrations.paddleformers.causal_lm import GraphedCausalLM
 from graphcap.integrations.paddleformers.tiny import TINY_LLAMA, tiny_llama
+from graphcap.interleave import interleaved_runs, median_seconds
+from graphcap.validators import positive_int
 
 
 @attrs.frozen(kw_only=True)
@@ -31,6 +34,7 @@ class LlamaDemoOptions:
     greedy: bool = False
     modes: tuple[str, ...] = ("off", "on")
     seed: int = 0
+    timed_passes: int = attrs.field(default=3, converter=lambda value: positive_int(value, "timed_passes"))
 
 
 def demo_prompts(count: int, *, seed: int, vocab_size: int = TINY_LLAMA["vocab_size"]) -> list[list[int]]:
@@ -39,39 +43,50 @@ def demo_prompts(count: int, *, seed: int, vocab_size: int = TINY_LLAMA["vocab_s
     return [[rng.randrange(vocab_size) for _ in range(rng.randint(3, 12))] for _ in range(count)]
 
 
-def run_mode(model: Any, options: LlamaDemoOptions, use_graph: bool) -> dict[str, Any]:
-    """One configuration: a capture pass, then a timed pass; returns its row of the table."""
-    config = GraphConfig(use_graph=use_graph, backend=options.backend, max_capture_size=options.batch_size)
-    lm = GraphedCausalLM(model, config, max_batch=options.batch_size, max_len=TINY_LLAMA["max_position_embeddings"])
+def run_modes(model: Any, options: LlamaDemoOptions) -> list[dict[str, Any]]:
+    """Every mode's capture pass, then its timed passes interleaved with the others'; one row per mode."""
+    max_len = TINY_LLAMA["max_position_embeddings"]
+    lms = {
+        mode: GraphedCausalLM(model, GraphConfig(use_graph=(mode == "on"), backend=options.backend,
+                                                 max_capture_size=options.batch_size),
+                              max_batch=options.batch_size, max_len=max_len)
+        for mode in options.modes
+    }
     prompts = demo_prompts(options.num_prompts, seed=options.seed)
     sampling: dict[str, Any] = {} if options.greedy else {"greedy": False, "top_p": 0.9, "top_k": 32, "seed": 1000}
-    lm.generate(prompts, options.max_new_tokens, **sampling)  # capture pass
-    capture = lm.stats()
-    started = time.perf_counter()
-    tokens = lm.generate(prompts, options.max_new_tokens, **sampling)
-    wall = time.perf_counter() - started
-    stats = lm.stats()
-    generated = sum(len(row) for row in tokens)
-    return {
-        "mode": "graphs on" if use_graph else "graphs off",
-        "backend": stats["backend"] if use_graph else "none",
-        "tokens": generated,
-        "wall_seconds": round(wall, 3),
-        "tokens_per_second": round(generated / wall, 1),
-        "graphs": stats["graphs"],
-        "capture_seconds": capture["capture_seconds"],
-        "replays": stats["replays"],
-        "eager_fallbacks": stats["eager_fallbacks"],
-        "padded_rows": stats["padded_rows"],
-        "_tokens": tokens,
-    }
+    captures = {}
+    for mode, lm in lms.items():
+        lm.generate(prompts, options.max_new_tokens, **sampling)  # capture pass
+        captures[mode] = lm.stats()
+    runs = interleaved_runs(lambda mode: lms[mode].generate(prompts, options.max_new_tokens, **sampling),
+                            options.modes, options.timed_passes)
+    rows = []
+    for mode, lm in lms.items():
+        wall = median_seconds(runs[mode])
+        generated = sum(len(row) for row in runs[mode][0].result)
+        stats = lm.stats()
+        rows.append({
+            "mode": "graphs on" if mode == "on" else "graphs off",
+            "backend": stats["backend"] if mode == "on" else "none",
+            "tokens": generated,
+            "timed_passes": options.timed_passes,
+            "wall_seconds": round(wall, 3),
+            "tokens_per_second": round(generated / wall, 1),
+            "graphs": stats["graphs"],
+            "capture_seconds": captures[mode]["capture_seconds"],
+            "replays": stats["replays"],
+            "eager_fallbacks": stats["eager_fallbacks"],
+            "padded_rows": stats["padded_rows"],
+            "_passes": [timed.result for timed in runs[mode]],
+        })
+    return rows
 
 
 def run_llama_demo(options: LlamaDemoOptions, json_path: Path | None = None) -> dict[str, Any]:
     """Run every mode over one tiny Llama, print the table and the identity line, write JSON."""
     model = tiny_llama(seed=options.seed)
-    rows = [run_mode(model, options, use_graph=(mode == "on")) for mode in options.modes]
-    identical = all(row["_tokens"] == rows[0]["_tokens"] for row in rows)
+    rows = run_modes(model, options)
+    identical = all(row["_passes"] == rows[0]["_passes"] for row in rows)
     columns = [
         ("mode", "mode", "{}"), ("tokens", "tokens", "{}"), ("tok/s", "tokens_per_second", "{:.1f}"),
         ("graphs", "graphs", "{}"), ("capture s", "capture_seconds", "{:.2f}"), ("replays", "replays", "{}"),
@@ -81,7 +96,8 @@ def run_llama_demo(options: LlamaDemoOptions, json_path: Path | None = None) -> 
     sizes = ", ".join(f"{key}={value}" for key, value in TINY_LLAMA.items())
     print(f"graphcap demo: PaddleFormers LlamaForCausalLM (random, {sizes}), {options.batch_size} slots, "
           f"{options.num_prompts} prompts x {options.max_new_tokens} new tokens, backend {options.backend}, "
-          f"{'greedy' if options.greedy else 'top-p 0.9 / top-k 32 sampling'}")
+          f"{'greedy' if options.greedy else 'top-p 0.9 / top-k 32 sampling'}; "
+          f"median of {options.timed_passes} timed passes per mode, interleaved")
     print(header)
     print("-" * len(header))
     for row in rows:
