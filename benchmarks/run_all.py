@@ -27,10 +27,10 @@ RESULTS = HERE / "results"
 STEPS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("demo", "run_demo.py", ()),
     ("overhead", "bench_overhead.py", ("--rounds", "20", "--inner", "150")),
-    ("capture", "bench_capture.py", ("--repeats", "2")),
+    ("capture", "bench_capture.py", ("--repeats", "4")),
     ("buckets", "bench_buckets.py", ()),
     ("sampling_params", "bench_sampling_params.py", ("--rounds", "15", "--inner", "10")),
-    ("mtp", "bench_mtp.py", ("--max-new-tokens", "24", "--passes", "2", "--profile")),
+    ("mtp", "bench_mtp.py", ("--max-new-tokens", "24", "--passes", "5", "--profile")),
     ("llama", "bench_llama.py", ("--rounds", "5")),
     ("ranks", "bench_ranks.py", ()),
     ("plots", "plot_results.py", ()),
