@@ -10,7 +10,6 @@ exactly across modes.
 
 from __future__ import annotations
 
-import json
 import statistics
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 import attrs
 
 from graphcap.config import GraphConfig
+from graphcap.demo_table import report
 from graphcap.interleave import interleaved_runs, median_seconds
 from graphcap.models.corpus import make_prompts
 from graphcap.models.tiny_lm import load_tiny_lm
@@ -116,22 +116,9 @@ def run_demo(options: DemoOptions, json_path: Path | None = None) -> dict[str, A
         ("capture s", "capture_seconds", "{:.2f}"), ("eager fallbacks", "eager_fallbacks", "{}"),
         ("padded rows", "padded_rows", "{}"),
     ]
-    header = " | ".join(title for title, _, _ in columns)
-    print(f"graphcap demo: MTP k={options.num_speculative_tokens}, batch {options.batch_size}, "
-          f"{options.num_prompts} prompts x {options.max_new_tokens} new tokens, backend {options.backend}, "
-          f"{'greedy' if options.greedy else 'top-p 0.9 / top-k 32 sampling'}; "
-          f"median of {options.timed_passes} timed passes per mode, interleaved")
-    print(header)
-    print("-" * len(header))
-    for row in rows:
-        print(" | ".join(fmt.format(row[key]) for _, key, fmt in columns))
-    print(f"tokens and final infer_seed identical across modes: {'yes' if identical else 'NO'}")
-    result = {
-        "options": attrs.asdict(options),
-        "rows": [{key: value for key, value in row.items() if not key.startswith("_")} for row in rows],
-        "identical": identical,
-    }
-    if json_path is not None:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(result, indent=2) + "\n")
-    return result
+    title = (f"graphcap demo: MTP k={options.num_speculative_tokens}, batch {options.batch_size}, "
+             f"{options.num_prompts} prompts x {options.max_new_tokens} new tokens, backend {options.backend}, "
+             f"{'greedy' if options.greedy else 'top-p 0.9 / top-k 32 sampling'}; "
+             f"median of {options.timed_passes} timed passes per mode, interleaved")
+    return report(title, columns, rows, identical_line="tokens and final infer_seed identical across modes",
+                  identical=identical, header={"options": attrs.asdict(options)}, json_path=json_path)

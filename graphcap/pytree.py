@@ -55,6 +55,7 @@ __all__ = [
     "output_leaves",
     "output_structure",
     "path_matches",
+    "slot_names",
     "substitute",
     "tensor_paths",
     "value_leaves",
@@ -129,14 +130,15 @@ def _object_names(value: Any) -> tuple[str, ...] | None:
         return tuple(field.name for field in attrs.fields(kind))
     attributes = getattr(value, "__dict__", None)
     names = set(attributes) if isinstance(attributes, dict) else set()
-    names.update(slot for slot in _slot_names(kind) if hasattr(value, slot))
+    names.update(slot for slot in slot_names(kind) if hasattr(value, slot))
     if not names and not isinstance(attributes, dict):
         return None
     return tuple(sorted(names))
 
 
 @functools.lru_cache(maxsize=1024)
-def _slot_names(kind: type) -> tuple[str, ...]:
+def slot_names(kind: type) -> tuple[str, ...]:
+    """The ``__slots__`` names of ``kind`` and its bases (``__dict__`` and ``__weakref__`` left out)."""
     names: list[str] = []
     for klass in kind.__mro__:
         slots = klass.__dict__.get("__slots__", ())

@@ -36,6 +36,8 @@ from typing import Any
 
 import paddle
 
+from graphcap.pytree import slot_names
+
 __all__ = ["MAX_DEPTH", "MISSING", "Edge", "Reachable", "scan"]
 
 MAX_DEPTH = 8
@@ -193,7 +195,7 @@ class _Scanner:
         if isinstance(attributes, dict):
             below = self.items(attributes, list(attributes.items())[:_MAX_ITEMS], path, depth, "item",
                                lambda name: f".{name}")
-        for slot in _slot_names(type(value)):
+        for slot in slot_names(type(value)):
             if hasattr(value, slot):
                 # A slot can be rebound but has no container to index: checked like a cell.
                 below |= self.child(_SlotCell(value, slot), None, getattr(value, slot), f"{path}.{slot}",
@@ -299,15 +301,6 @@ class _SlotCell:
             return getattr(self.owner, self.name)
         except AttributeError:
             raise ValueError(self.name) from None
-
-
-@functools.lru_cache(maxsize=1024)
-def _slot_names(kind: type) -> tuple[str, ...]:
-    names: list[str] = []
-    for klass in kind.__mro__:
-        slots = klass.__dict__.get("__slots__", ())
-        names.extend([slots] if isinstance(slots, str) else slots)
-    return tuple(name for name in names if name not in ("__dict__", "__weakref__"))
 
 
 def scan(

@@ -9,7 +9,6 @@ Generated tokens of every pass are compared exactly across modes.
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 import attrs
 
 from graphcap.config import GraphConfig
+from graphcap.demo_table import report
 from graphcap.integrations.paddleformers.causal_lm import GraphedCausalLM
 from graphcap.integrations.paddleformers.tiny import TINY_LLAMA, tiny_llama
 from graphcap.interleave import interleaved_runs, median_seconds
@@ -92,24 +92,10 @@ def run_llama_demo(options: LlamaDemoOptions, json_path: Path | None = None) -> 
         ("graphs", "graphs", "{}"), ("capture s", "capture_seconds", "{:.2f}"), ("replays", "replays", "{}"),
         ("eager fallbacks", "eager_fallbacks", "{}"), ("padded rows", "padded_rows", "{}"),
     ]
-    header = " | ".join(title for title, _, _ in columns)
     sizes = ", ".join(f"{key}={value}" for key, value in TINY_LLAMA.items())
-    print(f"graphcap demo: PaddleFormers LlamaForCausalLM (random, {sizes}), {options.batch_size} slots, "
-          f"{options.num_prompts} prompts x {options.max_new_tokens} new tokens, backend {options.backend}, "
-          f"{'greedy' if options.greedy else 'top-p 0.9 / top-k 32 sampling'}; "
-          f"median of {options.timed_passes} timed passes per mode, interleaved")
-    print(header)
-    print("-" * len(header))
-    for row in rows:
-        print(" | ".join(fmt.format(row[key]) for _, key, fmt in columns))
-    print(f"tokens identical across modes: {'yes' if identical else 'NO'}")
-    result = {
-        "model": "llama-tiny",
-        "options": attrs.asdict(options),
-        "rows": [{key: value for key, value in row.items() if not key.startswith("_")} for row in rows],
-        "identical": identical,
-    }
-    if json_path is not None:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(result, indent=2) + "\n")
-    return result
+    title = (f"graphcap demo: PaddleFormers LlamaForCausalLM (random, {sizes}), {options.batch_size} slots, "
+             f"{options.num_prompts} prompts x {options.max_new_tokens} new tokens, backend {options.backend}, "
+             f"{'greedy' if options.greedy else 'top-p 0.9 / top-k 32 sampling'}; "
+             f"median of {options.timed_passes} timed passes per mode, interleaved")
+    return report(title, columns, rows, identical_line="tokens identical across modes", identical=identical,
+                  header={"model": "llama-tiny", "options": attrs.asdict(options)}, json_path=json_path)
