@@ -71,10 +71,7 @@ def tokens_per_second(model, batch: int, rounds: int, new_tokens: int) -> dict[s
 
 def step_overhead(model, batch: int, rounds: int, inner: int) -> dict[str, float]:
     """µs per decode step: graphcap on the eager backend vs the same step by hand, interleaved."""
-    import numpy as np
-
     engine = build(model, "eager", batch)
-    bufs = engine.registry.buffers
     slots = list(range(batch))
     tokens = [1] * batch
     positions = [4] * batch
@@ -83,17 +80,9 @@ def step_overhead(model, batch: int, rounds: int, inner: int) -> dict[str, float
     engine.decode(slots, tokens, positions)  # capture
 
     def by_hand() -> list[int]:
-        # What decode() does around the graph: the same four buffer writes...
-        bufs.write("input_ids", np.asarray(tokens, dtype=np.int64).reshape([batch, 1]))
-        bufs.write("position_ids", np.asarray(positions, dtype=np.int64).reshape([batch, 1]))
-        bufs.write("slot_ids", np.asarray(slots, dtype=np.int64))
-        mask = np.arange(engine.max_len)[None, :] <= np.asarray(positions)[:, None]
-        bufs.write("attention_mask", mask.reshape([batch, 1, 1, engine.max_len]))
-        # ...then the step itself on the buffers' views, with no manager.
-        next_tokens, _ = engine._step(
-            input_ids=bufs.input_ids[:batch], position_ids=bufs.position_ids[:batch],
-            slot_ids=bufs.slot_ids[:batch], attention_mask=bufs.attention_mask[:batch], greedy=True,
-        )
+        # What decode() does around the graph: the same staging into the same buffers,
+        # then the step itself on the buffers' views, with no manager.
+        next_tokens, _ = engine._step(**engine.stage(slots, tokens, positions), greedy=True)
         return next_tokens.numpy().tolist()
 
     cases: dict[str, Callable[[], object]] = {

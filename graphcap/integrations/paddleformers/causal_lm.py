@@ -134,9 +134,13 @@ class GraphedCausalLM:
                              past_key_values=self.cache, use_cache=True, return_dict=True)
         return int(self._sample(out.logits[:, -1, :], slot_ids, greedy=greedy).numpy()[0])
 
-    def decode(self, slots: Sequence[int], tokens: Sequence[int], positions: Sequence[int], *,
-               greedy: bool = True) -> list[int]:
-        """One graphed step: ``tokens[i]`` at ``positions[i]`` of slot ``slots[i]``; returns the next tokens."""
+    def stage(self, slots: Sequence[int], tokens: Sequence[int], positions: Sequence[int]) -> dict[str, Any]:
+        """Write one decode step's inputs into the registry buffers; returns the step's arguments.
+
+        The arguments are prefix views of the buffers (``rows = len(slots)``),
+        so graphcap reads them in place; they stay valid until the next
+        ``stage``, which overwrites the same memory.
+        """
         rows = len(slots)
         bufs = self.registry.buffers
         bufs.write("input_ids", np.asarray(tokens, dtype=np.int64).reshape([rows, 1]))
@@ -144,10 +148,13 @@ class GraphedCausalLM:
         bufs.write("slot_ids", np.asarray(slots, dtype=np.int64))
         mask = np.arange(self.max_len)[None, :] <= np.asarray(positions)[:, None]
         bufs.write("attention_mask", mask.reshape([rows, 1, 1, self.max_len]))
-        next_tokens, _ = self.decode_step(
-            input_ids=bufs.input_ids[:rows], position_ids=bufs.position_ids[:rows], slot_ids=bufs.slot_ids[:rows],
-            attention_mask=bufs.attention_mask[:rows], greedy=greedy,
-        )
+        return {"input_ids": bufs.input_ids[:rows], "position_ids": bufs.position_ids[:rows],
+                "slot_ids": bufs.slot_ids[:rows], "attention_mask": bufs.attention_mask[:rows]}
+
+    def decode(self, slots: Sequence[int], tokens: Sequence[int], positions: Sequence[int], *,
+               greedy: bool = True) -> list[int]:
+        """One graphed step: ``tokens[i]`` at ``positions[i]`` of slot ``slots[i]``; returns the next tokens."""
+        next_tokens, _ = self.decode_step(**self.stage(slots, tokens, positions), greedy=greedy)
         return next_tokens.numpy().tolist()
 
     def generate(
