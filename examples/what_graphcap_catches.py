@@ -34,7 +34,7 @@ from graphcap import (  # noqa: E402
     GraphConfig,
 )
 from graphcap.backends.eager import EagerBackend  # noqa: E402
-from graphcap.reachable import Reachable  # noqa: E402
+from graphcap.trust.reachable import Reachable  # noqa: E402
 
 paddle.set_device("cpu")
 

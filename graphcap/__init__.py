@@ -46,8 +46,8 @@ from graphcap.errors import (  # noqa: E402
     StaticBufferError,
 )
 from graphcap.graphed_function import GraphedFunction  # noqa: E402
-from graphcap.guard import allow_host_reads, capture_guard  # noqa: E402
 from graphcap.registry import CaptureRegistry  # noqa: E402
+from graphcap.trust.at_capture_guard import allow_host_reads, capture_guard  # noqa: E402
 
 __all__ = [
     "AddressStabilityError",

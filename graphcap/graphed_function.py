@@ -12,7 +12,7 @@
 3. *Execute* (``graphcap.runner``): an unknown key is captured (warmups,
    purity check, row probe, capture, verification); a known one has its
    batched leaves staged into their static buffers, its checks run
-   (``graphcap.checks``), and its graph replayed. Outputs come back in the
+   (``graphcap.trust.at_replay``), and its graph replayed. Outputs come back in the
    function's own container types, tensors as views of the static outputs
    sliced to the real rows: the next replay of this function overwrites
    them, so copy them if they must outlive it.
@@ -24,21 +24,21 @@ import functools
 import inspect
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import paddle
 
 from graphcap import pytree
-from graphcap.agreement import EAGER, MISSING, READY
+from graphcap.agreement import EAGER, MISSING, READY, RankAgreement, StepAgreement
+from graphcap.backends import Backend
 from graphcap.binding import CallBinder
 from graphcap.buckets import BucketMap, PaddingStats
 from graphcap.buffers import StaticBuffers
+from graphcap.config import GraphConfig
 from graphcap.dispatch import Dispatcher, GraphKey, leaf_is_batched, path_root
 from graphcap.errors import AddressStabilityError, CaptureError
 from graphcap.runner import NO_RESULT, GraphEntry, GraphRunner
-
-if TYPE_CHECKING:
-    from graphcap.registry import CaptureRegistry
+from graphcap.stats import RegistryStats
 
 logger = logging.getLogger("graphcap")
 
@@ -55,10 +55,15 @@ class GraphedFunction:
 
     def __init__(
         self,
-        registry: CaptureRegistry,
         name: str,
         fn: Callable[..., Any],
         *,
+        config: GraphConfig,
+        backend: Backend,
+        buffers: StaticBuffers,
+        stats: RegistryStats,
+        agreement: RankAgreement | None,
+        current_step: Callable[[], StepAgreement | None],
         batch_arg: str,
         static_args: Sequence[str],
         batched_args: Sequence[str] = (),
@@ -70,6 +75,9 @@ class GraphedFunction:
     ) -> None:
         """Use ``CaptureRegistry.graphed``; this constructor is not public API.
 
+        The registry passes what it shares with its functions explicitly (its
+        config, backend, buffers, counters, rank agreement and a getter of the
+        step agreement in progress), so this module never imports the registry.
         ``skip_types`` are graphcap's own objects (the registry, its buffers) that
         the reachable scan does not enter: they have checks of their own.
         """
@@ -95,17 +103,17 @@ class GraphedFunction:
                     f"a parameter of {getattr(fn, '__qualname__', fn)}{self.binder.signature}; paths look like "
                     f"'cache', \"kv[0]\", \"inputs['mask']\" or 'cache.keys[0]'"
                 )
-        self._config = registry.config
-        self._stats = registry.stats_counters
+        self._config = config
+        self._stats = stats
         self._dispatcher = Dispatcher(
-            name, batch_arg=batch_arg, buckets=self.buckets, registry_buffers=registry.buffers,
+            name, batch_arg=batch_arg, buckets=self.buckets, registry_buffers=buffers,
             static_args=static_args, batched_args=batched_args,
         )
         self._runner = GraphRunner(
-            name=name, fn=fn, binder=self.binder, config=registry.config, backend=registry.backend,
-            registry_buffers=registry.buffers, staging=self.staging,
+            name=name, fn=fn, binder=self.binder, config=config, backend=backend,
+            registry_buffers=buffers, staging=self.staging,
             padding_rules={key: _padding_rule(key, rule) for key, rule in (padding or {}).items()},
-            largest=self.buckets.largest, stats=registry.stats_counters,
+            largest=self.buckets.largest, stats=stats,
             skip_types=skip_types,
         )
         self._entries: dict[GraphKey, GraphEntry] = {}
@@ -113,8 +121,8 @@ class GraphedFunction:
         # example. It holds the caller's tensors alive until reset() drops it or
         # the next capture replaces it: one batch of inputs, never more.
         self._last_call: dict[str, Any] | None = None
-        self._agreement = registry.agreement
-        self._step_agreement = lambda: registry.current_step
+        self._agreement = agreement
+        self._step_agreement = current_step
         # (tree, layout) of the last call: the step agreement's prediction of the next key.
         self._predicted: tuple[Any, tuple[Any, ...]] | None = None
         # Keys refused for exceeding max_graphs_per_bucket -> the reason (computed once each).

@@ -22,7 +22,7 @@ Argument trees are nested tuples of these nodes:
   attributes (sorted names).
 
 Layers, modules, functions and classes are ``"v"`` leaves: hashed by
-identity, their tensors are found by ``graphcap.reachable`` instead.
+identity, their tensors are found by ``graphcap.trust.reachable`` instead.
 
 Output trees use the same shapes but hold non-tensor leaves as constants
 (``OutputTree``); they are rebuilt into fresh containers on every replay.

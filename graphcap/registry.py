@@ -121,7 +121,9 @@ class CaptureRegistry:
             refuse_unbound_method(fn)
             sizes = capture_sizes if capture_sizes is not None else self.config.sizes_for(rows_per_request)
             graphed_fn = GraphedFunction(
-                self, name, fn, batch_arg=batch_arg, static_args=static_args, batched_args=batched_args,
+                name, fn, config=self.config, backend=self.backend, buffers=self.buffers,
+                stats=self.stats_counters, agreement=self.agreement, current_step=lambda: self.current_step,
+                batch_arg=batch_arg, static_args=static_args, batched_args=batched_args,
                 capture_sizes=sizes, enabled=True if enabled is None else enabled, padding=padding,
                 rows_per_request=self.config.rows_per_request if rows_per_request is None else rows_per_request,
                 skip_types=(CaptureRegistry, GraphedFunction, StaticBuffers),

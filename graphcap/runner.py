@@ -14,7 +14,7 @@ The lifecycle of one graph, on one screen (``GraphRunner.capture``):
    runs see the same state. An exception from the user's function
    propagates unchanged: eager would raise it too.
 4. *Purity*: outputs of the warmups, static arguments and staged inputs are
-   compared bitwise (``graphcap.purity``); a function with state of its own
+   compared bitwise (``graphcap.trust.at_capture_purity``); a function with state of its own
    raises ``CaptureSafetyError`` naming what changed.
 5. *Capture*: static outputs are allocated from the warmup's outputs, the
    backend captures a closure that reads the buffers and writes the outputs.
@@ -22,7 +22,7 @@ The lifecycle of one graph, on one screen (``GraphRunner.capture``):
    bucket eager with its reason, or raises with ``on_capture_failure="raise"``.
 6. *Verify*: the captured graph's own run (or one replay) must reproduce the
    warmup's outputs bitwise.
-7. *Checks*: what the graph reads is recorded for ``graphcap.checks``: static
+7. *Checks*: what the graph reads is recorded for ``graphcap.trust.at_replay``: static
    leaves, registry buffers, tensors reachable from the function, and on the
    ``static`` backend the traced program's own captured inputs.
 
@@ -41,19 +41,21 @@ from typing import Any
 import attrs
 import paddle
 
-from graphcap import failures, guard, pytree, reachable
+from graphcap import failures, pytree
 from graphcap.backends import Backend, Graph
 from graphcap.backends.static import Refused
 from graphcap.binding import CallBinder
 from graphcap.buffers import StaticBuffers, dtype_name, pad_rows
-from graphcap.checks import ReplayCheck
 from graphcap.config import GraphConfig
 from graphcap.dispatch import GraphKey, leaf_is_batched
 from graphcap.errors import CaptureError, CaptureSafetyError, GraphCapError
 from graphcap.failures import CaptureFailed
-from graphcap.purity import CaptureWatch, first_difference, host_copies
 from graphcap.stats import RegistryStats
-from graphcap.verification import RunRecord, compare_runs, row_outputs
+from graphcap.trust import at_capture_guard as guard
+from graphcap.trust import reachable
+from graphcap.trust.at_capture_purity import CaptureWatch, first_difference, host_copies
+from graphcap.trust.at_capture_rows import RunRecord, compare_runs, row_outputs
+from graphcap.trust.at_replay import ReplayCheck
 
 logger = logging.getLogger("graphcap")
 

@@ -1,4 +1,4 @@
-"""Tests for graphcap.guard: host reads and value-dependent shapes raise during capture."""
+"""Tests for graphcap.trust.at_capture_guard: host reads and value-dependent shapes raise during capture."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import pytest
 
 from graphcap import failures
 from graphcap.errors import CaptureSafetyError, ConfigError, GraphCapError
-from graphcap.guard import GUARDED_CALLS, allow_host_reads, capture_guard, guard_active
-from graphcap.safety import register_graph_safe_op
+from graphcap.trust.at_capture_guard import GUARDED_CALLS, allow_host_reads, capture_guard, guard_active
+from graphcap.trust.graph_safe_ops import register_graph_safe_op
 
 THIS_FILE = os.path.basename(__file__)
 

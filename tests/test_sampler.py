@@ -15,7 +15,7 @@ from graphcap.ops.sampler import (
     seeded_uniform_reference,
     speculative_increment,
 )
-from graphcap.safety import is_graph_safe_op
+from graphcap.trust.graph_safe_ops import is_graph_safe_op
 
 
 def _t(values, dtype: str) -> paddle.Tensor:

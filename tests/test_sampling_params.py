@@ -25,7 +25,7 @@ from graphcap.ops import (
     padding_sampling_params,
 )
 from graphcap.ops._loader import _find_compiler
-from graphcap.safety import graph_safe_ops, is_graph_safe_op
+from graphcap.trust.graph_safe_ops import graph_safe_ops, is_graph_safe_op
 
 
 def _t(values, dtype: str) -> paddle.Tensor:

@@ -48,7 +48,7 @@ class Backend(Protocol):
     def capture(self, run: Callable[[], None], label: str, reachable: Any = None) -> Graph:
         """Capture ``run`` (which may execute once while doing so) and return its graph.
 
-        ``reachable`` (a ``graphcap.reachable.Reachable``) tells the backend
+        ``reachable`` (a ``graphcap.trust.reachable.Reachable``) tells the backend
         what the function reaches; the static backend uses it to keep
         dy2static away from library helpers it cannot convert.
         """

@@ -41,7 +41,7 @@ import attrs
 import paddle
 
 from graphcap.errors import CaptureError
-from graphcap.reachable import Reachable
+from graphcap.trust.reachable import Reachable
 
 logger = logging.getLogger("graphcap")
 

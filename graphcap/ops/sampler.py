@@ -30,7 +30,7 @@ import paddle
 from graphcap.ops import portable
 from graphcap.ops._loader import load_ops
 from graphcap.ops.sampling_params import MAX_INFER_SEED, build_sampling_params_into, resolve_impl
-from graphcap.safety import register_graph_safe_op
+from graphcap.trust.graph_safe_ops import register_graph_safe_op
 
 __all__ = [
     "sample_plain",

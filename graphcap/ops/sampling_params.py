@@ -57,7 +57,7 @@ import paddle
 from graphcap.errors import OpBuildError, OpInputError
 from graphcap.ops import portable
 from graphcap.ops._loader import load_ops
-from graphcap.safety import register_graph_safe_op
+from graphcap.trust.graph_safe_ops import register_graph_safe_op
 
 __all__ = [
     "KUNLUN_MAX_INFER_SEED",

@@ -3,7 +3,7 @@
 A *graph-safe op* has static output shapes, reads no tensor value on the host,
 and writes only to its outputs and its declared in-place inputs. Registering a
 Python entry point here lets it run inside a captured region: while a
-registered op runs, the capture guard's checks (``graphcap.guard``) are
+registered op runs, the capture guard's checks (``graphcap.trust.at_capture_guard``) are
 suspended for the code it calls, because the op vouches for it.
 """
 

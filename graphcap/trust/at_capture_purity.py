@@ -38,7 +38,7 @@ import numpy as np
 import paddle
 
 from graphcap.errors import CaptureSafetyError
-from graphcap.reachable import Edge, Reachable
+from graphcap.trust.reachable import Edge, Reachable
 
 __all__ = ["SMALL", "CaptureWatch", "first_difference", "host_copies", "same_constant"]
 

@@ -28,7 +28,7 @@ import attrs
 import paddle
 
 from graphcap.buffers import StaticBuffers
-from graphcap.reachable import MISSING, Edge
+from graphcap.trust.reachable import MISSING, Edge
 
 __all__ = ["Problem", "ReplayCheck"]
 

@@ -23,7 +23,7 @@ import paddle
 from graphcap import pytree
 from graphcap.errors import CaptureSafetyError
 from graphcap.failures import CaptureFailed
-from graphcap.purity import first_difference, host_copies, same_constant
+from graphcap.trust.at_capture_purity import first_difference, host_copies, same_constant
 
 __all__ = ["RunRecord", "close", "compare_runs", "row_outputs"]
 

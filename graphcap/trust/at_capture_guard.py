@@ -21,9 +21,9 @@ How it works, and what it costs:
   handling, ``numpy`` when printing, ``__bool__`` in ``to_static`` control
   flow). A call whose immediate Python caller lives in the ``paddle`` package
   is therefore let through; only calls made directly from user code (anything
-  outside paddle and outside this module / ``graphcap.safety``) are checked.
+  outside paddle and outside this module / ``graphcap.trust.graph_safe_ops``) are checked.
 * Calls made while a registered graph-safe op runs
-  (``graphcap.safety.in_graph_safe_op()``) and inside ``allow_host_reads`` are
+  (``graphcap.trust.graph_safe_ops.in_graph_safe_op()``) and inside ``allow_host_reads`` are
   let through; each ``allow_host_reads`` site used during capture is logged once.
 
 What it checks (``GUARDED_CALLS``): host reads (``numpy``, ``item``,
@@ -64,7 +64,7 @@ from typing import Any, TypeVar
 import paddle
 
 from graphcap.errors import CaptureSafetyError, ConfigError
-from graphcap.safety import in_graph_safe_op
+from graphcap.trust.graph_safe_ops import in_graph_safe_op
 
 __all__ = [
     "GUARDED_CALLS",
@@ -82,12 +82,12 @@ _FIX = (
     "keep the value on the device (static shapes, paddle.where instead of masks, "
     "in-place writes into static buffers), or move this out of the captured function; "
     "if it runs inside a C++ op that is graph-safe, register that op with "
-    "graphcap.safety.register_graph_safe_op, or wrap code you vouch for in "
+    "graphcap.trust.graph_safe_ops.register_graph_safe_op, or wrap code you vouch for in "
     "graphcap.allow_host_reads(reason=...)"
 )
 
 # Frames in these places are "internal": a call whose immediate caller is in
-# paddle is paddle's own business; this module and graphcap.safety are our
+# paddle is paddle's own business; this module and graphcap.trust.graph_safe_ops are our
 # plumbing and are skipped when looking for the user's line.
 # ``co_filename`` is the path the module was imported by (possibly relative),
 # so both that spelling and the absolute one are recognised.
@@ -98,8 +98,8 @@ _PLUMBING_FILES = frozenset(
     {
         __file__,
         os.path.abspath(__file__),
-        os.path.join(os.path.dirname(__file__), "safety.py"),
-        os.path.join(os.path.dirname(os.path.abspath(__file__)), "safety.py"),
+        os.path.join(os.path.dirname(__file__), "graph_safe_ops.py"),
+        os.path.join(os.path.dirname(os.path.abspath(__file__)), "graph_safe_ops.py"),
     }
 )
 
@@ -462,7 +462,7 @@ class allow_host_reads:  # noqa: N801 - used like a function: allow_host_reads(r
     Works as a context manager (``with allow_host_reads(reason="..."):``) and as
     a decorator (``@allow_host_reads(reason="...")``). Each site (where it is
     written in the source) that is entered while a capture guard is active is
-    logged once on the ``graphcap.guard`` logger, with the reason. Whatever the
+    logged once on the ``graphcap.trust.at_capture_guard`` logger, with the reason. Whatever the
     vouched code reads is baked into the captured graph as a constant.
     """
 
