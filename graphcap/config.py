@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import attrs
+import numpy as np
 
 from graphcap.errors import ConfigError
 from graphcap.validators import positive_int
@@ -22,6 +23,9 @@ BACKENDS = ("auto", "eager", "static", "device")
 ON_UNSAFE_CAPTURE = ("raise", "eager")
 ON_CAPTURE_FAILURE = ("eager", "raise")
 ON_REBIND = ("raise", "recapture")
+ON_ROW_INTERACTION = ("eager_padded", "fail")
+ON_VALUE_CHANGE = ("auto", "recapture", "eager", "raise")
+RUN_COMPARISON = ("auto", "bitwise", "tolerance")
 DEFAULT_MAX_CAPTURE_SIZE = 512
 
 
@@ -36,6 +40,22 @@ def _check_choice(allowed: tuple[str, ...]) -> Any:
 def _int_field(name: str, default: int, minimum: int) -> Any:
     """An integer field: numpy integers become ``int`` (the config is JSON-dumped), bad values a ``ConfigError``."""
     return attrs.field(default=default, converter=lambda value: positive_int(value, name, minimum=minimum))
+
+
+def _float_field(name: str, default: float, *, low: float, high: float | None, low_open: bool) -> Any:
+    """A float field in ``[low, high]`` (``(low, high]`` with ``low_open``), bad values a ``ConfigError``."""
+    allowed = f"{'(' if low_open else '['}{low:g}, {'inf)' if high is None else f'{high:g}]'}"
+
+    def convert(value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+            raise ConfigError(f"'{name}' must be a number in {allowed} (got {value!r})")
+        number = float(value)
+        if not (number > low if low_open else number >= low) or (high is not None and number > high) \
+                or number != number:
+            raise ConfigError(f"'{name}' must be a number in {allowed} (got {value!r})")
+        return number
+
+    return attrs.field(default=default, converter=convert)
 
 
 def _check_bool(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
@@ -124,6 +144,32 @@ class GraphConfig:
             ``capture_sizes="auto"``; the size planner
             (``graphcap.size_planner``) picks the sizes.
         max_graphs: graph budget per graph name for ``capture_sizes="auto"``.
+        on_row_interaction: when filling a bucket's padding rows two ways
+            (the padding rule, and a poison) changes a real row at capture, the
+            rows interact (``x - x.mean(0)``): ``eager_padded`` (default) runs
+            that graph's padded calls eagerly with the reason and still replays
+            full ones; ``fail`` fails the capture (the bucket runs eagerly, or
+            ``CaptureError`` with ``on_capture_failure="raise"``). With
+            ``sync_ranks`` it always fails (every rank then agrees on eager).
+        on_value_change: a Python value the graph read at capture (a global
+            float, an object's attribute, a closure cell) changed, checked on
+            every replay: ``recapture`` the graph (counted in ``recaptures``
+            with the value's path), run it ``eager`` from then on with the
+            reason, or ``raise`` ``AddressStabilityError``; ``auto`` (default)
+            is ``recapture``, or ``raise`` with ``sync_ranks``.
+        run_comparison: how runs on the same inputs are compared at capture
+            (warmups, padding filled two ways, the graph against its warmup):
+            ``bitwise``, ``tolerance`` (see ``graphcap.trust.tolerance``), or
+            ``auto`` (default): bitwise on CPU, the tolerance on the device
+            backend, whose kernels are not bitwise run to run.
+        tolerance_scale: multiplies every tolerance bound (default 1.0).
+        shadow_check_interval: every N-th replay of each graph also runs the
+            function eagerly on the same call and compares (0 = off, default);
+            on a mismatch the call returns the eager result and that graph
+            runs eagerly from then on, recorded in ``shadow_mismatches``.
+        coverage_warn_below: warn once when the share of a function's calls
+            served by a graph is below this, in [0, 1] (default 0.8; 0 = never)
+            after ``coverage_warmup_calls`` calls (default 64).
     """
 
     use_graph: bool = attrs.field(default=False, validator=_check_bool)
@@ -142,6 +188,13 @@ class GraphConfig:
     sync_ranks: bool = attrs.field(default=False, validator=_check_bool)
     trace: tuple[int, ...] | str | os.PathLike | None = attrs.field(default=None, converter=_convert_trace)
     max_graphs: int = _int_field("max_graphs", 16, 1)
+    on_row_interaction: str = attrs.field(default="eager_padded", validator=_check_choice(ON_ROW_INTERACTION))
+    on_value_change: str = attrs.field(default="auto", validator=_check_choice(ON_VALUE_CHANGE))
+    run_comparison: str = attrs.field(default="auto", validator=_check_choice(RUN_COMPARISON))
+    tolerance_scale: float = _float_field("tolerance_scale", 1.0, low=0.0, high=None, low_open=True)
+    shadow_check_interval: int = _int_field("shadow_check_interval", 0, 0)
+    coverage_warn_below: float = _float_field("coverage_warn_below", 0.8, low=0.0, high=1.0, low_open=False)
+    coverage_warmup_calls: int = _int_field("coverage_warmup_calls", 64, 1)
 
     def __attrs_post_init__(self) -> None:
         if self.sync_ranks and self.on_rebind == "recapture":
@@ -149,10 +202,22 @@ class GraphConfig:
                 "'on_rebind' is 'recapture' but 'sync_ranks' is True: a recapture on one rank would run the "
                 "function more often than the other ranks' replays; use on_rebind='raise' with sync_ranks"
             )
+        if self.sync_ranks and self.on_value_change == "recapture":
+            raise ConfigError(
+                "'on_value_change' is 'recapture' but 'sync_ranks' is True: a recapture on one rank would run the "
+                "function more often than the other ranks' replays; use 'raise' or 'auto' with sync_ranks"
+            )
         if self.capture_sizes == "auto" and self.trace is None:
             raise ConfigError(
                 "'capture_sizes' is 'auto' but 'trace' is None; give a trace of batch sizes or explicit sizes"
             )
+
+    @property
+    def value_change_policy(self) -> str:
+        """What a changed Python value does: ``recapture``, ``eager`` or ``raise`` (``auto`` resolved)."""
+        if self.on_value_change != "auto":
+            return self.on_value_change
+        return "raise" if self.sync_ranks else "recapture"
 
     @property
     def rows_per_request(self) -> int:
@@ -258,4 +323,9 @@ def _parse_env(name: str, raw: str) -> Any:
             return int(raw)
         except ValueError:
             raise ConfigError(f"GRAPHCAP_{name.upper()} must be an integer (got {raw!r})") from None
+    if isinstance(default, float):
+        try:
+            return float(raw)
+        except ValueError:
+            raise ConfigError(f"GRAPHCAP_{name.upper()} must be a number (got {raw!r})") from None
     return raw.strip()

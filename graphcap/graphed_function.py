@@ -39,6 +39,8 @@ from graphcap.dispatch import Dispatcher, GraphKey, leaf_is_batched, path_root
 from graphcap.errors import AddressStabilityError, CaptureError
 from graphcap.runner import NO_RESULT, GraphEntry, GraphRunner
 from graphcap.stats import RegistryStats
+from graphcap.trust import in_production
+from graphcap.trust.at_capture_purity import host_copies
 
 logger = logging.getLogger("graphcap")
 
@@ -128,6 +130,11 @@ class GraphedFunction:
         # Keys refused for exceeding max_graphs_per_bucket -> the reason (computed once each).
         self._overflow: dict[GraphKey, str] = {}
         self._progress: Any = None  # the registry's progress bar during capture_all
+        # Coverage: calls whose result came from a graph, and calls that ran eagerly for a reason.
+        # Calls with zero rows and calls while this function is switched off count in neither.
+        self.graph_calls = 0
+        self.eager_calls = 0
+        self._coverage_warned = False
 
     # Call path -------------------------------------------------------------
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -162,12 +169,16 @@ class GraphedFunction:
     def _replay(self, entry: GraphEntry, bound: dict[str, Any], leaves: list[paddle.Tensor], rows: int) -> Any:
         """Check, replay and return the outputs sliced to ``rows`` (the inputs are staged)."""
         bucket = entry.key.bucket
+        if entry.padded_failure is not None and rows != bucket:
+            return self._eager(bound, rows, bucket, entry.padded_failure)
         if self._config.debug_checks:
             problem = entry.check(leaves)  # type: ignore[misc]
             if problem is not None:
                 entry = self._on_problem(entry, problem, bound, leaves, rows)
                 if entry.failure is not None:
                     return self._eager(bound, rows, bucket, entry.failure)
+        shadow = in_production.is_due(self._config.shadow_check_interval, entry.replays + 1)
+        before = self._runner.snapshot_state() if shadow else None
         entry.graph.replay()  # type: ignore[union-attr]
         entry.replays += 1
         self._stats.count("replays")
@@ -175,7 +186,67 @@ class GraphedFunction:
         outputs = entry.outputs
         if rows != bucket:
             outputs = [out[:rows] if cut else out for out, cut in zip(outputs, entry.sliced)]
+        if before is not None:
+            eager_result = self._shadow_check(entry, bound, outputs, before)
+            if eager_result is not NO_RESULT:
+                return eager_result
+        self._served(graph=True)
         return entry.tree.rebuild(outputs)  # type: ignore[union-attr]
+
+    def _shadow_check(self, entry: GraphEntry, bound: dict[str, Any], outputs: list[paddle.Tensor],
+                      before: Any) -> Any:
+        """Run the call eagerly too and compare (see ``graphcap.trust.in_production``).
+
+        Returns ``NO_RESULT`` when the replay is right; on a mismatch the
+        eager result, with the graph disabled and the mismatch recorded.
+        """
+        assert entry.tree is not None
+        replayed = host_copies(outputs)
+        after_replay = host_copies(before.tensors)
+        before.restore()
+        eager_result = self.binder.call(self.__wrapped__, bound)
+        self._stats.count("shadow_checks")
+        found = in_production.compare_with_eager(
+            replayed, [str(out.dtype).rsplit(".", 1)[-1] for out in outputs], entry.tree.paths, eager_result,
+            after_replay, host_copies(before.tensors), before.names, scale=self._config.tolerance_scale,
+        )
+        if found is None:
+            return NO_RESULT
+        reason = found.reason()
+        self._stats.shadow_mismatch(self.name, entry.key.bucket, found.path, found.difference, found.bound)
+        logger.warning("%s: %s", entry.label, reason)
+        if self._config.on_capture_failure == "raise":
+            raise CaptureError(f"{entry.label}: {reason}")
+        entry.failure = reason
+        entry.release()
+        self._stats.fallback(self.name, entry.key.bucket, reason)
+        self._served(graph=False)
+        return eager_result
+
+    def _served(self, *, graph: bool) -> None:
+        """Count one call for coverage; warn once when too few calls came from a graph."""
+        if graph:
+            self.graph_calls += 1
+        else:
+            self.eager_calls += 1
+        calls = self.graph_calls + self.eager_calls
+        config = self._config
+        if self._coverage_warned or calls < config.coverage_warmup_calls or calls % config.coverage_warmup_calls:
+            return
+        share = self.graph_calls / calls
+        if share < config.coverage_warn_below:
+            self._coverage_warned = True
+            reasons = sorted({entry["reason"] for entry in self._stats.fallbacks() if entry["graph"] == self.name})
+            logger.warning(
+                "%s: graphs served %.0f%% of %d calls (below coverage_warn_below=%.2f); the rest ran eagerly: %s",
+                self.name, 100 * share, calls, config.coverage_warn_below, "; ".join(reasons[:3]) or "no reason",
+            )
+
+    @property
+    def coverage(self) -> float | None:
+        """The share of this function's calls whose result came from a graph (None before any call)."""
+        calls = self.graph_calls + self.eager_calls
+        return None if calls == 0 else self.graph_calls / calls
 
     # Lockstep (sync_ranks) -------------------------------------------------------
     def _call_in_lockstep(self, bound: dict[str, Any]) -> Any:
@@ -279,6 +350,7 @@ class GraphedFunction:
         if reason:
             self._stats.fallback(self.name, bucket, reason)
             self.padding.record(rows, None)
+            self._served(graph=False)
         if entry is not None and entry.eager_result is not NO_RESULT:
             result, entry.eager_result = entry.eager_result, NO_RESULT
             return result
@@ -293,13 +365,24 @@ class GraphedFunction:
     def _on_problem(
         self, entry: GraphEntry, problem: Any, bound: dict[str, Any], leaves: list[paddle.Tensor], rows: int
     ) -> GraphEntry:
-        """A check failed: raise, or recapture the graph over what the function reads now."""
-        if not problem.recapturable or self._config.on_rebind == "raise":
+        """A check failed: raise, run the graph eagerly, or recapture it over what the function reads now.
+
+        A moved or rebound tensor follows ``on_rebind``; a changed Python
+        value follows ``on_value_change`` (``recapture`` by default).
+        """
+        policy = self._config.value_change_policy if problem.kind == "value" else self._config.on_rebind
+        if not problem.recapturable or policy == "raise":
             raise AddressStabilityError(problem.message)
-        logger.info("%s; recapturing (on_rebind='recapture')", problem.message.split(";")[0])
+        what = problem.message.split(";")[0]
+        if policy == "eager":
+            entry.failure = f"{what.removeprefix(entry.label + ': ')}; the graph runs eagerly (on_value_change='eager')"
+            entry.release()
+            logger.warning("%s", entry.failure)
+            return entry
+        logger.info("%s; recapturing", what)
         entry.release()
         del self._entries[entry.key]
-        self._stats.count("recaptures")
+        self._stats.recapture(self.name, entry.key.bucket, what.removeprefix(entry.label + ": "))
         return self._capture(entry.key, bound, leaves, rows)
 
     def _too_many_graphs(self, key: GraphKey) -> str:

@@ -249,7 +249,10 @@ class CaptureRegistry:
         (static output memory; shared across buckets where the backend
         allows) and ``output_bytes_per_graph``, ``real_rows``, ``padded_rows``
         and ``per_graph`` (real vs padded rows per bucket, eager fallbacks
-        under ``"eager"``).
+        under ``"eager"``), ``coverage`` (function name -> share of its calls
+        whose result came from a graph, None before its first call),
+        ``shadow_checks`` and ``shadow_mismatches`` (with
+        ``shadow_mismatch_details``), ``recapture_reasons``.
         """
         functions = self._functions.values()
         output_bytes = {fn.name: fn.output_bytes for fn in functions}
@@ -262,4 +265,5 @@ class CaptureRegistry:
             "padded_rows": sum(fn.padding.padded_rows for fn in functions),
             "backend": self.backend.name,
             "per_graph": {fn.name: fn.padding.as_dict() for fn in functions},
+            "coverage": {fn.name: fn.coverage for fn in functions},
         }

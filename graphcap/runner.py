@@ -13,9 +13,12 @@ The lifecycle of one graph, on one screen (``GraphRunner.capture``):
    declared restorable (``infer_seed``) are put back before each run, so the
    runs see the same state. An exception from the user's function
    propagates unchanged: eager would raise it too.
-4. *Purity*: outputs of the warmups, static arguments and staged inputs are
-   compared bitwise (``graphcap.trust.at_capture_purity``); a function with state of its own
-   raises ``CaptureSafetyError`` naming what changed.
+4. *Purity and rows*: outputs of the warmups, static arguments and staged
+   inputs are compared bitwise on CPU (``graphcap.trust.at_capture_purity``); a
+   function with state of its own raises ``CaptureSafetyError`` naming what
+   changed. A run with fewer rows tells which outputs follow the rows, and a
+   run with the padding rows poisoned must leave the real rows as they were
+   (``graphcap.trust.at_capture_rows``), else padded calls run eagerly.
 5. *Capture*: static outputs are allocated from the warmup's outputs, the
    backend captures a closure that reads the buffers and writes the outputs.
    A failure of the capture itself (tracing, device capture) leaves the
@@ -52,9 +55,16 @@ from graphcap.errors import CaptureError, CaptureSafetyError, GraphCapError
 from graphcap.failures import CaptureFailed
 from graphcap.stats import RegistryStats
 from graphcap.trust import at_capture_guard as guard
-from graphcap.trust import reachable
+from graphcap.trust import reachable, tolerance
 from graphcap.trust.at_capture_purity import CaptureWatch, first_difference, host_copies
-from graphcap.trust.at_capture_rows import RunRecord, compare_runs, row_outputs
+from graphcap.trust.at_capture_rows import (
+    RunRecord,
+    compare_runs,
+    padding_leak,
+    poison_rows,
+    row_interaction,
+    row_outputs,
+)
 from graphcap.trust.at_replay import ReplayCheck
 
 logger = logging.getLogger("graphcap")
@@ -101,6 +111,8 @@ class GraphEntry:
     staging_plan: tuple[tuple[Any, ...], ...] = ()
     check: ReplayCheck | None = None
     failure: str | None = None
+    # Set when the rows interact: padded calls of this key run eagerly with this reason, full ones replay.
+    padded_failure: str | None = None
     replays: int = 0
     # The eager result of the call whose capture failed on its padded batch (returned once).
     eager_result: Any = NO_RESULT
@@ -168,6 +180,16 @@ class GraphRunner:
         self._staging_names: dict[tuple[str, str, tuple[int, ...]], str] = {}
         # (output index, dtype, row shape) -> an output at the largest bucket, shared by every bucket.
         self._shared_outputs: dict[tuple[int, str, tuple[int, ...]], paddle.Tensor] = {}
+        # Runs on the same inputs agree bit for bit on CPU; device kernels with atomics do not.
+        comparison = config.run_comparison
+        if comparison == "auto":
+            comparison = "bitwise" if backend.name != "device" and paddle.get_device().startswith("cpu") \
+                else "tolerance"
+        self.bitwise = comparison == "bitwise"
+
+    def snapshot_state(self) -> _State:
+        """A copy of the restorable registry buffers (``infer_seed``), to put back with ``restore()``."""
+        return _State(self.registry_buffers.restorable_items())
 
     # Stage -------------------------------------------------------------------
     def stage(self, entry: GraphEntry, leaves: Sequence[paddle.Tensor], rows: int) -> None:
@@ -408,11 +430,68 @@ class GraphRunner:
         # raising), then outputs that differ between runs on the same inputs.
         watch.check()
         probe = self._probe(entry, state, build_call, views, rows)
+        assert entry.tree is not None
         for attempt, other in enumerate(runs[1:], start=2):
-            assert entry.tree is not None
-            compare_runs(entry.label, entry.tree, runs[0], other, f"warmup {attempt}", state.names)
-        entry.sliced = row_outputs(entry.tree, bucket, runs[0], probe, rows)
+            compare_runs(entry.label, entry.tree, runs[0], other, f"warmup {attempt}", state.names,
+                         bitwise=self.bitwise, scale=self.config.tolerance_scale)
+        # The most specific question about padding first (do the rows interact?), then the
+        # padded run against the real rows alone, within the rounding of another row count.
+        entry.sliced = row_outputs(entry.tree, bucket, runs[0], None, rows)
+        interaction = self._padding_check(entry, state, build_call(views), runs[0] if rows < bucket else None, rows)
+        # Rows that interact differ from the real rows alone by design: then only shapes are compared.
+        real_rows = rows if interaction is None else 0
+        entry.sliced = row_outputs(entry.tree, bucket, runs[0], probe, real_rows, self.config.tolerance_scale)
+        if interaction is not None:
+            if self.config.on_row_interaction == "fail" or self.config.sync_ranks:
+                raise CaptureFailed(interaction)
+            entry.padded_failure = interaction
+            logger.warning("%s: %s", entry.label, interaction)
         return runs[0]
+
+    def _padding_check(
+        self, entry: GraphEntry, state: _State, call: tuple[tuple[Any, ...], dict[str, Any]],
+        by_rule: RunRecord | None, rows: int,
+    ) -> str | None:
+        """Run the bucket with its padding rows poisoned; the reason when a real row changed, else None.
+
+        A padded capture compares with its first warmup (padding by the
+        rule); a full one treats its last row as padding, runs it by the rule
+        and poisoned, and puts the row back. Only rows padded with zeros (the
+        default rule) are poisoned: a declared rule (a sentinel slot id, a
+        copy of row 0) is what those rows must hold. The staged buffers are
+        put back as they were, so capture sees this call's own data.
+        """
+        bucket = entry.key.bucket
+        real = rows if rows < bucket else bucket - 1
+        poisonable = [(buf, pad, pad_value) for _, buf, pad, pad_value, *_ in entry.staging_plan if pad != "keep"]
+        if real < 1 or not any(pad == "zero" for _, pad, _ in poisonable):
+            return None
+        saved = [(buf, buf[:bucket].clone()) for buf, _, _ in poisonable]
+        args, keywords = call
+        try:
+            if by_rule is None:
+                for buf, pad, pad_value in poisonable:
+                    pad_rows(buf, pad, pad_value, real, bucket)
+                by_rule = self._record_run(state, args, keywords)
+            for buf, pad, _ in poisonable:
+                if pad == "zero":
+                    buf[real:bucket] = poison_rows(buf[:real], bucket - real)
+            poisoned = self._record_run(state, args, keywords)
+        except Exception as exc:  # other padding values the function refuses say nothing about its rows
+            logger.debug("%s: no padding check (the function refuses poisoned padding rows)", entry.label,
+                         exc_info=exc)
+            return None
+        finally:
+            for buf, copy in saved:
+                buf[:bucket] = copy
+        assert entry.tree is not None
+        leak = padding_leak(entry.tree, entry.sliced, by_rule, poisoned, real, bitwise=self.bitwise,
+                            scale=self.config.tolerance_scale)
+        return None if leak is None else row_interaction(leak, bucket, real)
+
+    def _record_run(self, state: _State, args: tuple[Any, ...], keywords: dict[str, Any]) -> RunRecord:
+        state.restore()
+        return RunRecord.of(self.fn(*args, **keywords), state.tensors)
 
     def _probe(
         self, entry: GraphEntry, state: _State,
@@ -503,11 +582,12 @@ class GraphRunner:
             except Exception as exc:
                 entry.release()
                 raise CaptureFailed(failures.root_cause(exc)) from exc
-        changed = first_difference(first.values, host_copies(entry.outputs))
+        changed = tolerance.first_mismatch(first.values, host_copies(entry.outputs), first.dtypes, entry.tree.paths,
+                                           bitwise=self.bitwise, scale=self.config.tolerance_scale)
         written = first_difference(first.state, host_copies(state.tensors))
         if changed is not None or written is not None:
             entry.release()
-            what = (f"{entry.tree.paths[changed]}" if changed is not None
+            what = (changed.describe() if changed is not None
                     else f"write into registry buffer {state.names[written]!r}")
             raise CaptureFailed(
                 f"the captured graph's {what} differs from the eager warmup's on the same inputs (the backend "

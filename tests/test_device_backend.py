@@ -39,9 +39,10 @@ def test_one_shared_pool_largest_first_synchronized_and_reset():
 
     assert reg.capture_all({"t": {"x": paddle.ones([1, 3])}}) == 3
     assert [pool for kind, pool in log if kind == "new"] == [100] * 3  # every graph in one pool
-    # Per bucket, largest first: 2 eager warmups, the row probe (one row less), the run inside
-    # begin/end, the verifying replay; bucket 1 has no smaller row count to probe.
-    assert runs == [4, 4, 3, 4, 4, 2, 2, 1, 2, 2, 1, 1, 1, 1]
+    # Per bucket, largest first: 2 eager warmups, the row probe (one row less), the padding check
+    # (the last row padded by rule, then poisoned), the run inside begin/end, the verifying
+    # replay; bucket 1 has no smaller row count to probe and no row to pad.
+    assert runs == [4, 4, 3, 4, 4, 4, 4, 2, 2, 1, 2, 2, 2, 2, 1, 1, 1, 1]
     # The device is synchronized before recording starts and after it ends.
     assert kinds(log) == ["new", "sync", "begin", "end", "sync", "replay"] * 3
     x = paddle.ones([3, 3])
@@ -102,7 +103,7 @@ def test_an_exception_inside_capture_still_ends_capture_and_falls_back_to_eager(
 
     @reg.graphed("t", batch_arg="x")
     def fwd(*, x):
-        if next(calls) == 3:  # after the warmup and the row probe: the run inside capture_begin/capture_end
+        if next(calls) == 5:  # after the warmup, the row probe and the padding check: inside begin/end
             raise RuntimeError("cudaErrorStreamCaptureUnsupported (simulated)")
         return x * 3
 

@@ -296,9 +296,9 @@ def test_seed_wraps_around_at_both_moduli(backend, modulus):
 def test_padding_rows_never_carry_stale_data(backend):
     reg = registry(backend, capture_sizes=(4,))
 
-    # Reductions over the bucket see padding rows: zero (x) and copies of row 0 (ids) leave them unchanged.
+    # Padding rows are refilled by rule on every staging: zero (x) and copies of row 0 (ids).
     def fwd(*, x, ids):
-        return x + x.sum(), ids + ids.min()
+        return x * 2, ids + 1
 
     graphed = reg.graphed("t", batch_arg="x", padding={"ids": "copy_row0"})(fwd)
     graphed(x=paddle.full([4], 100.0), ids=paddle.to_tensor([-50, -60, -70, -80]))  # a full bucket
@@ -307,12 +307,28 @@ def test_padding_rows_never_carry_stale_data(backend):
     for _ in range(2):
         got = graphed(x=x, ids=ids)
         want = fwd(x=x, ids=ids)
-        assert values(got[0]) == values(want[0]) == [4.0, 5.0]
-        assert values(got[1]) == values(want[1]) == [8, 6]
+        assert values(got[0]) == values(want[0]) == [2.0, 4.0]
+        assert values(got[1]) == values(want[1]) == [6, 4]
         assert values(staged_x[2:]) == [0.0, 0.0] and values(staged_ids[2:]) == [5, 5]  # refilled by rule
         staged_x[2:] = math.nan  # poison the padding rows between steps
         staged_ids[2:] = -1
     assert reg.stats()["replays"] == 3  # the capturing call replays too
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_reduction_over_padding_rows_runs_padded_calls_eagerly(backend):
+    # A reduction over the bucket sees padding rows: padded calls would depend on what they hold.
+    reg = registry(backend, capture_sizes=(4,))
+
+    def fwd(*, x):
+        return x + x.sum()
+
+    graphed = reg.graphed("t", batch_arg="x")(fwd)
+    graphed(x=paddle.full([4], 100.0))  # a full bucket: captured, and its rows found to interact
+    x = paddle.to_tensor([1.0, 2.0])
+    assert values(graphed(x=x)) == values(fwd(x=x)) == [4.0, 5.0]
+    stats = reg.stats()
+    assert stats["replays"] == 1 and "rows interact" in stats["fallbacks"][0]["reason"]
 
 
 # 8. A reshaping copy_ into a static buffer ---------------------------------------------
@@ -393,10 +409,11 @@ def fail_once_in_bucket(bucket: int, on_call: int | tuple[int, ...]):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_exception_inside_capture(backend):
     reg = registry(backend)
-    # Calls 1 and 2 with 4 rows are the warmups (the row probe has 3); call 3 is the
-    # capture itself: on the static backend the trace of the converted function, then
-    # call 4 the trace as written; on the eager backend the replay that verifies it.
-    failing = (3, 4) if backend == "static" else 3
+    # Calls 1 and 2 with 4 rows are the warmups (the row probe has 3), call 3 the padding
+    # check's poisoned run; call 4 is the capture itself: on the static backend the trace
+    # of the converted function, then call 5 the trace as written; on the eager backend
+    # the replay that verifies it.
+    failing = (4, 5) if backend == "static" else 4
     fwd = reg.graphed("t", batch_arg="x")(fail_once_in_bucket(4, on_call=failing))
     x = paddle.arange(3, dtype="float32")
     for _ in range(2):
@@ -423,7 +440,7 @@ def test_a_failed_trace_leaves_no_records_in_dy2static():
 
     before = keys()
     reg = registry("static")
-    fwd = reg.graphed("t", batch_arg="x")(fail_once_in_bucket(4, on_call=(3, 4)))
+    fwd = reg.graphed("t", batch_arg="x")(fail_once_in_bucket(4, on_call=(4, 5)))
     x = paddle.arange(3, dtype="float32")
     assert values(fwd(x=x)) == [0.0, 3.0, 6.0]
     assert reg.stats()["capture_failures"] == 1
@@ -446,7 +463,7 @@ def test_exception_inside_a_warmup_propagates_like_eager(backend):
 def test_exception_inside_device_capture_always_ends_capture():
     log: list = []
     reg = CaptureRegistry(GraphConfig(use_graph=True, capture_sizes=(2, 4), num_warmups=1), backend=double_backend(log))
-    fwd = reg.graphed("t", batch_arg="x")(fail_once_in_bucket(4, on_call=2))  # call 2: inside begin/end
+    fwd = reg.graphed("t", batch_arg="x")(fail_once_in_bucket(4, on_call=3))  # 2: poisoned padding, 3: capture
     assert values(fwd(x=paddle.ones([3]))) == [3.0, 3.0, 3.0]
     assert [kind for kind, _ in log] == ["new", "sync", "begin", "end", "reset"]  # ended, then released
     fwd(x=paddle.ones([2]))

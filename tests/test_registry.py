@@ -318,12 +318,14 @@ def test_staging_padding_rules_fill_rows_past_the_batch(backend):
 
     @reg.graphed("t", batch_arg="x", padding={"slot": -1})
     def fwd(*, x, slot):
-        return x + 1, slot.sum(), x.sum()
+        return x + 1, slot * 2
 
     fwd(x=paddle.full([4], 7.0), slot=paddle.to_tensor([3, 3, 3, 3], dtype="int32"))  # fills bucket 4
-    _, slot_total, x_total = fwd(x=paddle.ones([3]), slot=paddle.to_tensor([0, 1, 2], dtype="int32"))
-    assert int(slot_total) == 0 + 1 + 2 - 1
-    assert float(x_total) == 3.0  # zero padding, not the previous step's 7.0
+    out, slots = fwd(x=paddle.ones([3]), slot=paddle.to_tensor([0, 1, 2], dtype="int32"))
+    assert out.numpy().tolist() == [2.0] * 3 and slots.numpy().tolist() == [0, 2, 4]
+    assert fwd.staging["slot"][:4].numpy().tolist() == [0, 1, 2, -1]  # the sentinel, not the previous step's 3
+    assert fwd.staging["x"][:4].numpy().tolist() == [1.0, 1.0, 1.0, 0.0]  # zero padding, not 7.0
+    assert reg.stats()["replays"] == 2
 
 
 def test_bad_padding_rule_names_the_argument():

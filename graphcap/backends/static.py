@@ -41,7 +41,7 @@ import attrs
 import paddle
 
 from graphcap.errors import CaptureError
-from graphcap.trust.reachable import Reachable
+from graphcap.trust.reachable import Reachable, code_names
 
 logger = logging.getLogger("graphcap")
 
@@ -139,6 +139,42 @@ def _helper_modules(found: Reachable | None, fn: Callable[..., Any]) -> list[typ
             if module is not None and getattr(module, "__file__", None):
                 modules[name] = module
     return list(modules.values())
+
+
+def _sync_converted_functions() -> None:
+    """Give every function dy2static converted the current values of its original's globals and closure cells.
+
+    dy2static converts a function once per function object and gives the
+    converted copy a globals dict and closure cells of its own, filled at
+    conversion: a trace after a module-level ``SCALE`` or a closure's number
+    changed would still read the old value, so a recapture for a changed
+    Python value would bake the stale one in again. Run before every trace
+    (a few hundred dictionary writes for a PaddleFormers model); a Paddle
+    without this cache layout is left alone.
+    """
+    try:
+        from paddle.jit.dy2static.program_translator import _FUNCTION_CACHE
+
+        pairs = list(_FUNCTION_CACHE._converted_static_func_caches.items())
+    except Exception:  # noqa: BLE001 - another Paddle layout: nothing to sync
+        return
+    for original, converted in pairs:
+        original = inspect.unwrap(original)
+        if not (inspect.isfunction(original) and inspect.isfunction(converted)):
+            continue
+        names, live = converted.__globals__, original.__globals__
+        if names is not live:
+            for name in code_names(original.__code__):
+                if name in live:
+                    names[name] = live[name]
+        cells = dict(zip(original.__code__.co_freevars, original.__closure__ or ()))
+        for name, cell in zip(converted.__code__.co_freevars, converted.__closure__ or ()):
+            source = cells.get(name)
+            if source is not None and source is not cell:
+                try:
+                    cell.cell_contents = source.cell_contents
+                except ValueError:  # an empty cell: nothing bound yet
+                    pass
 
 
 def _as_written(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -242,6 +278,7 @@ class StaticBackend:
 
     def capture(self, run: Callable[[], None], label: str, reachable: Reachable | None = None) -> StaticGraph:
         """Trace ``run`` into a program; the trace executes it once, writing the outputs."""
+        _sync_converted_functions()
         with _modules_kept_as_written(_helper_modules(reachable, run)), _trace_records_dropped_on_failure():
             program = paddle.jit.to_static(run, full_graph=True)
             program()

@@ -1,21 +1,23 @@
-"""Replay checks: everything a graph reads is still the tensor, at the address, it was captured over.
+"""At replay: what the graph reads is still the tensor, at the address, with the Python values, of capture.
 
 Decided once per graph at capture, run on every replay in two tiers:
 
 * every replay, O(1) per item: each static argument leaf is the very tensor
   of capture (``is``), the registry buffers' generation is unchanged (no name
-  rebound), and every edge on the path to a reachable tensor still holds the
-  same child (``model.lin.weight``, ``cache.keys[0]``);
-* every ``address_check_interval``-th replay, and whenever the first tier
-  finds something: ``data_ptr()`` and shape of every static leaf, registry
+  rebound), every edge on the path to a reachable tensor still holds the
+  same child (``model.lin.weight``, ``cache.keys[0]``), and every Python
+  value the function read at capture (a global float, ``model.temperature``,
+  a closure's number, a Layer's ``training``: a graph bakes them in) is equal
+  to its captured value: one C-level ``itemgetter`` and one tuple comparison
+  per dict that holds them;
+* every ``address_check_interval``-th replay, and whenever the registry's
+  generation moved: ``data_ptr()`` and shape of every static leaf, registry
   buffer and reachable tensor, which also catches storage reallocated in
-  place and a buffer reshaped by a different-shaped ``copy_``; and, every
-  8th such check (every replay with an interval of 1), the Python values on
-  those paths (``model.temperature``, a Layer's ``training``), which a graph
-  bakes in.
+  place and a buffer reshaped by a different-shaped ``copy_``.
 
-A failed check returns a ``Problem`` naming the path; the caller raises
-``AddressStabilityError`` or, for ``on_rebind="recapture"``, recaptures.
+A failed check returns a ``Problem`` naming the path and its kind (``rebind``
+or ``value``); the caller raises ``AddressStabilityError``, recaptures or runs
+eagerly, per ``on_rebind`` and ``on_value_change``.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ class Problem:
 
     message: str
     recapturable: bool = True
+    kind: str = "rebind"  # or "value": a Python value the graph baked in changed
 
 
 class ReplayCheck:
@@ -98,13 +101,10 @@ class ReplayCheck:
     def __call__(self, leaves: Sequence[paddle.Tensor]) -> Problem | None:
         """Run this replay's checks on the call's tensor leaves; None when all is well."""
         full = self.replays % self.interval == 0
-        # Python values (hundreds in a model's Layers and config) change far more rarely than
-        # tensors move: compared every 8th full check, every replay with an interval of 1.
-        values = self.interval == 1 or self.replays % (self.interval * 8) == 0
         self.replays += 1
-        problem = self.identity(leaves)
+        problem = self.identity(leaves) or self.values()
         if problem is None and (full or self.registry.generation != self.registry_generation):
-            problem = self.addresses(values=values)
+            problem = self.addresses()
         return problem
 
     # Tier 1 ------------------------------------------------------------------
@@ -127,10 +127,25 @@ class ReplayCheck:
                 return _rebound(self.label, edge)
         return None
 
+    def values(self) -> Problem | None:
+        """Every Python value the graph read at capture is equal to its captured value."""
+        for container, getter, expected, edges in self.value_groups:
+            try:
+                now_values = getter(container)
+            except (KeyError, IndexError):
+                now_values = None
+            if len(edges) == 1:
+                now_values = (now_values,)
+            if now_values != expected:
+                return _value_changed(self.label, edges)
+        for edge in self.value_cells:
+            if edge.current() != edge.child:
+                return _value_changed(self.label, [edge])
+        return None
+
     # Tier 2 ------------------------------------------------------------------
-    def addresses(self, values: bool = True) -> Problem | None:
-        """``data_ptr()`` and shape of everything the graph reads match capture (and, with ``values``,
-        the Python values on those paths)."""
+    def addresses(self) -> Problem | None:
+        """``data_ptr()`` and shape of everything the graph reads match capture."""
         now = tuple(map(_data_ptr, self.static_tensors))
         if now != self.static_ptrs:
             for path, before, after in zip(self.static_paths, self.static_ptrs, now):
@@ -150,18 +165,6 @@ class ReplayCheck:
                         f"{self.label}: static argument {path!r} has shape {list(after)} but the graph was "
                         f"captured with {list(before)}; keep its shape and update it in place"
                     )
-        for container, getter, expected, edges in self.value_groups if values else ():
-            try:
-                now_values = getter(container)
-            except (KeyError, IndexError):
-                now_values = None
-            if len(edges) == 1:
-                now_values = (now_values,)
-            if now_values != expected:
-                return _value_changed(self.label, edges)
-        changed = [edge for edge in self.value_cells if values and edge.current() != edge.child]
-        if changed:
-            return _value_changed(self.label, changed)
         now = tuple(map(_data_ptr, self.watched))
         shapes = [tensor.shape for tensor in self.watched]
         if now != self.watched_ptrs or shapes != self.watched_shapes:
@@ -211,7 +214,8 @@ def _value_changed(label: str, edges: Sequence[Edge]) -> Problem:
     now = edge.current()
     return Problem(
         f"{label}: {edge.path} was {edge.child!r} at capture and is {now!r} now; the graph baked {edge.child!r} "
-        f"in. Pass it as an argument (part of the graph key), or call registry.reset() after changing it"
+        f"in. Pass it as an argument (part of the graph key), or call registry.reset() after changing it",
+        kind="value",
     )
 
 

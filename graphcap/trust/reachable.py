@@ -34,15 +34,17 @@ import types
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
+import numpy as np
 import paddle
 
 from graphcap.pytree import slot_names
 
-__all__ = ["MAX_DEPTH", "MISSING", "Edge", "Reachable", "scan"]
+__all__ = ["MAX_DEPTH", "MISSING", "Edge", "Reachable", "code_names", "scan"]
 
 MAX_DEPTH = 8
 _MAX_ITEMS = 4096  # a longer container is not searched item by item
-_SCALARS = (bool, int, float, str, complex)
+# Python values a graph bakes in: numbers, flags, strings, and NumPy scalars (np.float32(0.7)).
+_SCALARS = (bool, int, float, str, complex, np.generic)
 
 _SKIP_MODULE_ROOTS = ("paddle", "numpy", "graphcap")
 _STDLIB = os.path.normcase(sysconfig.get_paths()["stdlib"]) + os.sep
@@ -116,12 +118,12 @@ def _from_stdlib(kind: type) -> bool:
     return filename.startswith(_STDLIB) and "site-packages" not in filename
 
 
-def _code_names(code: types.CodeType) -> Iterator[str]:
+def code_names(code: types.CodeType) -> Iterator[str]:
     """Global names a code object (and the code nested in it: comprehensions, lambdas) may read."""
     yield from code.co_names
     for const in code.co_consts:
         if isinstance(const, types.CodeType):
-            yield from _code_names(const)
+            yield from code_names(const)
 
 
 class _Scanner:
@@ -279,7 +281,7 @@ class _Scanner:
         if fn.__kwdefaults__:
             below |= self.child(None, None, fn.__kwdefaults__, prefix + "__kwdefaults__", depth, "none")
         namespace = fn.__globals__
-        for name in dict.fromkeys(_code_names(code)):
+        for name in dict.fromkeys(code_names(code)):
             if name in namespace:
                 below |= self.child(namespace, name, namespace[name], prefix + name, depth, "item")
         return below
