@@ -66,6 +66,7 @@ def tokens_per_second(model, batch: int, rounds: int, new_tokens: int) -> dict[s
         "identical": all(outputs[mode] == outputs["off"] for mode in MODES),
         "static_eager_fallbacks": stats["eager_fallbacks"],
         "static_graphs": stats["graphs"],
+        "static_graph_coverage": stats["graph_coverage"],
     }
 
 
@@ -118,11 +119,12 @@ def main(argv: list[str] | None = None) -> int:
     model = tiny_llama(seed=0)
     rows = [tokens_per_second(model, batch, args.rounds, args.new_tokens) for batch in (1, 8)]
     overhead = {f"batch_{batch}": step_overhead(model, batch, args.rounds, args.inner) for batch in (1, 8)}
-    print(f"{'batch':>5} {'off tok/s':>10} {'eager tok/s':>12} {'static tok/s':>13} {'static/off':>10} identical")
+    print(f"{'batch':>5} {'off tok/s':>10} {'eager tok/s':>12} {'static tok/s':>13} {'static/off':>10} "
+          f"{'coverage':>8} identical")
     for row in rows:
         tps = row["tokens_per_second"]
         print(f"{row['batch']:>5} {tps['off']:>10.1f} {tps['eager']:>12.1f} {tps['static']:>13.1f} "
-              f"{row['static_vs_off']:>10.2f} {row['identical']}")
+              f"{row['static_vs_off']:>10.2f} {row['static_graph_coverage']:>8.1%} {row['identical']}")
     print(f"{'batch':>5} {'graphcap µs':>12} {'by hand µs':>11} {'ratio':>6}")
     for name, values in overhead.items():
         print(f"{name.split('_')[1]:>5} {values['graphcap_eager']:>12.1f} {values['by_hand']:>11.1f} "

@@ -168,18 +168,20 @@ def run_config(
         "capture_seconds": capture["capture_seconds"],
         "replays": stats["replays"],
         "eager_fallbacks": stats["eager_fallbacks"],
+        "graph_coverage": stats["graph_coverage"],
     }
 
 
 def format_rows(rows: Sequence[dict[str, Any]]) -> str:
     """The printed table, one line per (k, batch)."""
-    headers = ["k", "batch", "tok/s off", "tok/s on", "on/off", "decode off", "decode on", "dec on/off",
+    headers = ["k", "batch", "tok/s off", "tok/s on", "coverage", "on/off", "decode off", "decode on", "dec on/off",
                "accept", "identical", "graphs", "capture s", "<=10% slower"]
     lines = []
     for row in rows:
         lines.append([
             str(row["k"]), str(row["batch"]),
             f"{row['off']['tokens_per_second']:.1f}", f"{row['on']['tokens_per_second']:.1f}",
+            "-" if row.get("graph_coverage") is None else f"{row['graph_coverage']:.1%}",
             f"{row['ratio']:.2f}",
             f"{row['off']['decode_tokens_per_second']:.1f}", f"{row['on']['decode_tokens_per_second']:.1f}",
             f"{row['decode_ratio']:.2f}",

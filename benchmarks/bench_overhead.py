@@ -21,7 +21,13 @@ Three comparisons, each on the same inputs in the same process:
 
 Then the replay checks alone: 32 registry buffers, and everything a
 PaddleFormers Llama forward reads through its Layer tree (goal: under 5 µs
-per replay at the default interval).
+per replay at the default interval), with the Python-value guard (every
+value the forward reads, compared on every replay) timed on its own.
+
+Last, the shadow check (``shadow_check_interval=100``): decode steps of a
+PaddleFormers Llama through ``GraphedCausalLM`` on the ``static`` backend,
+with and without it, interleaved in rounds of 100 steps (one shadow-checked
+step in each).
 
 Timings on a shared 2-core machine are noisy; only the ratios inside one run
 mean anything.
@@ -188,7 +194,41 @@ def llama_check_cost(rounds: int, inner: int) -> dict[str, object] | None:
         result["edges"] = len(entry.check.item_edges) + len(entry.check.cell_edges)
         result[f"interval_{interval}"] = interleaved({"check": lambda entry=entry, ids=ids: entry.check([ids])},
                                                       rounds, inner)["check"]
+        if interval == 8:
+            check = entry.check
+            result["python_values"] = sum(len(group[3]) for group in check.value_groups) + len(check.value_cells)
+            result["value_guard"] = interleaved({"values": check.values}, rounds, inner)["values"]
     return result
+
+
+def shadow_cost(rounds: int, steps: int = 100, interval: int = 100) -> dict[str, object] | None:
+    """ms per decode step of a PaddleFormers Llama on the static backend, shadow checks off and every 100th."""
+    try:
+        from graphcap.integrations.paddleformers import GraphedCausalLM
+        from graphcap.integrations.paddleformers.tiny import tiny_llama
+    except ImportError:
+        return None
+    model = tiny_llama(seed=0, scale=4.0)
+    slots, tokens, positions = [0, 1, 2, 3], [5, 6, 7, 8], [3, 3, 3, 3]
+    engines = {}
+    for name, every in (("off", 0), (f"every_{interval}", interval)):
+        config = GraphConfig(use_graph=True, backend="static", capture_sizes=(4,), shadow_check_interval=every)
+        lm = GraphedCausalLM(model, config, max_batch=4, max_len=32)
+        for slot in slots:
+            lm.prefill(slot, [1, 2, 3])
+        lm.decode(slots, tokens, positions)  # capture
+        engines[name] = lm
+
+    def run(lm: object) -> None:
+        for _ in range(steps):
+            lm.decode(slots, tokens, positions)  # type: ignore[attr-defined]
+
+    per_round = interleaved({name: (lambda lm=lm: run(lm)) for name, lm in engines.items()}, rounds, 1)
+    checked = engines[f"every_{interval}"].stats()
+    step_ms = {name: value / steps / 1e3 for name, value in per_round.items()}
+    return {"step_ms": step_ms, "ratio": step_ms[f"every_{interval}"] / step_ms["off"],
+            "shadow_checks": checked["shadow_checks"], "shadow_mismatches": checked["shadow_mismatches"],
+            "coverage": checked["coverage"], "interval": interval}
 
 
 def main() -> None:
@@ -201,6 +241,7 @@ def main() -> None:
     result = bench(args.rounds, args.inner)
     result["address_check_us_32_buffers"] = address_check_cost(args.rounds, args.inner * 5)
     result["llama_check_us"] = llama_check_cost(args.rounds, args.inner * 5)
+    result["shadow"] = shadow_cost(max(3, args.rounds // 6))
     print(f"{'case':<22}{'median µs':>12}")
     for name, value in result["median_us"].items():
         print(f"{name:<22}{value:>12.1f}")
@@ -216,6 +257,14 @@ def main() -> None:
         print(f"checks over a PaddleFormers Llama: {llama['tensors']} tensors, {llama['edges']} edges")
         for name in ("interval_1", "interval_8"):
             print(f"{'check llama, ' + name:<22}{llama[name]:>12.2f}")
+        print(f"{'value guard, ' + str(llama['python_values']) + ' values':<22}{llama['value_guard']:>12.2f}")
+    shadow = result["shadow"]
+    if shadow is not None:
+        checked_ms = shadow["step_ms"][f"every_{shadow['interval']}"]
+        print(f"shadow checks every {shadow['interval']}: decode step {shadow['step_ms']['off']:.2f} ms -> "
+              f"{checked_ms:.2f} ms ({shadow['ratio']:.3f}x), "
+              f"{shadow['shadow_checks']} checks, {shadow['shadow_mismatches']} mismatches, "
+              f"coverage {shadow['coverage']}")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2))
 

@@ -85,6 +85,7 @@ def worker(out: Path, steps: int, rounds: int) -> None:
         "padded_rows_alone": alone_stats["padded_rows"],
         "padded_rows_synced": synced_stats["padded_rows"],
         "collectives": synced_stats["collectives"],
+        "graph_coverage": synced_stats["graph_coverage"],
         "step_us": {name: round(value, 1) for name, value in medians.items()},
         "agreement_us": round(medians["agreement"] - medians["none"], 1),
     }
@@ -117,12 +118,12 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         ranks = [json.loads(path.read_text()) for path in paths]
     print(f"{'rank':>4} {'requests':>8} {'identical':>9} {'steps':>6} {'real rows':>9} {'padded alone':>12} "
-          f"{'padded synced':>13} {'step µs agreed':>14} {'step µs none':>12} {'agreement µs':>12}")
+          f"{'padded synced':>13} {'step µs agreed':>14} {'step µs none':>12} {'agreement µs':>12} {'coverage':>8}")
     for rank in ranks:
         print(f"{rank['rank']:>4} {rank['requests']:>8} {str(rank['identical_to_single_rank']):>9} "
               f"{rank['steps_synced']:>6} {rank['real_rows']:>9} {rank['padded_rows_alone']:>12} "
               f"{rank['padded_rows_synced']:>13} {rank['step_us']['agreement']:>14.1f} {rank['step_us']['none']:>12.1f} "
-              f"{rank['agreement_us']:>12.1f}")
+              f"{rank['agreement_us']:>12.1f} {rank['graph_coverage']:>8.1%}")
     result = {"ranks": ranks, "steps_per_block": args.steps, "rounds": args.rounds}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2) + "\n")

@@ -98,6 +98,7 @@ def run_modes(options: DemoOptions) -> list[dict[str, Any]]:
             "graphs": stats["graphs"],
             "capture_seconds": captures[mode]["capture_seconds"],
             "eager_fallbacks": stats["eager_fallbacks"],
+            "graph_coverage": stats["graph_coverage"],
             "padded_rows": stats["padded_rows"],
             # Every timed pass's (tokens, final infer_seed), compared across modes pass by pass.
             "_passes": [(timed.result[0], timed.result[2]) for timed in runs[mode]],
@@ -111,6 +112,7 @@ def run_demo(options: DemoOptions, json_path: Path | None = None) -> dict[str, A
     identical = all(row["_passes"] == rows[0]["_passes"] for row in rows)
     columns = [
         ("mode", "mode", "{}"), ("tokens", "tokens", "{}"), ("tok/s", "tokens_per_second", "{:.1f}"),
+        ("graph coverage", "graph_coverage", "{:.1%}"),
         ("decode tok/s", "decode_tokens_per_second", "{:.1f}"), ("accepted/step", "mean_accepted_per_step", "{:.2f}"),
         ("accept rate", "acceptance_rate", "{:.1%}"), ("graphs", "graphs", "{}"),
         ("capture s", "capture_seconds", "{:.2f}"), ("eager fallbacks", "eager_fallbacks", "{}"),

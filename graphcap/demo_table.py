@@ -26,7 +26,7 @@ def report(
     print(heading)
     print("-" * len(heading))
     for row in rows:
-        print(" | ".join(fmt.format(row[key]) for _, key, fmt in columns))
+        print(" | ".join("–" if row[key] is None else fmt.format(row[key]) for _, key, fmt in columns))
     print(f"{identical_line}: {'yes' if identical else 'NO'}")
     result = {
         **header,

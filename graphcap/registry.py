@@ -251,6 +251,7 @@ class CaptureRegistry:
         and ``per_graph`` (real vs padded rows per bucket, eager fallbacks
         under ``"eager"``), ``coverage`` (function name -> share of its calls
         whose result came from a graph, None before its first call),
+        ``graph_coverage`` (the same over every function's calls),
         ``shadow_checks`` and ``shadow_mismatches`` (with
         ``shadow_mismatch_details``), ``recapture_reasons``.
         """
@@ -266,4 +267,10 @@ class CaptureRegistry:
             "backend": self.backend.name,
             "per_graph": {fn.name: fn.padding.as_dict() for fn in functions},
             "coverage": {fn.name: fn.coverage for fn in functions},
+            "graph_coverage": _share(sum(fn.graph_calls for fn in functions),
+                                     sum(fn.graph_calls + fn.eager_calls for fn in functions)),
         }
+
+
+def _share(part: int, whole: int) -> float | None:
+    return None if whole == 0 else part / whole

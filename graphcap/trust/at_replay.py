@@ -35,6 +35,8 @@ from graphcap.trust.reachable import MISSING, Edge
 __all__ = ["Problem", "ReplayCheck"]
 
 _data_ptr = paddle.Tensor.data_ptr
+# getter(container) without a Python frame per call where the interpreter has operator.call (3.11+).
+_apply = getattr(operator, "call", lambda getter, container: getter(container))
 
 
 @attrs.frozen
@@ -93,6 +95,12 @@ class ReplayCheck:
              edges)
             for container, edges in groups.values()
         ]
+        # The fast path of values(): every group's getter applied by one C-level map, compared as one
+        # tuple (a group of one key yields the value itself, not a 1-tuple).
+        self._value_getters = tuple(getter for _, getter, _, _ in self.value_groups)
+        self._value_containers = tuple(container for container, _, _, _ in self.value_groups)
+        self._values_expected = tuple(expected if len(expected) > 1 else expected[0]
+                                      for _, _, expected, _ in self.value_groups)
         self.watched_paths = tuple(path for path, _ in watched)
         self.watched = tuple(tensor for _, tensor in watched)
         self.watched_ptrs = tuple(map(_data_ptr, self.watched))
@@ -129,15 +137,20 @@ class ReplayCheck:
 
     def values(self) -> Problem | None:
         """Every Python value the graph read at capture is equal to its captured value."""
-        for container, getter, expected, edges in self.value_groups:
-            try:
-                now_values = getter(container)
-            except (KeyError, IndexError):
-                now_values = None
-            if len(edges) == 1:
-                now_values = (now_values,)
-            if now_values != expected:
-                return _value_changed(self.label, edges)
+        try:
+            same = tuple(map(_apply, self._value_getters, self._value_containers)) == self._values_expected
+        except (KeyError, IndexError):
+            same = False
+        if not same:
+            for container, getter, expected, edges in self.value_groups:
+                try:
+                    now_values = getter(container)
+                except (KeyError, IndexError):
+                    now_values = None
+                if len(edges) == 1:
+                    now_values = (now_values,)
+                if now_values != expected:
+                    return _value_changed(self.label, edges)
         for edge in self.value_cells:
             if edge.current() != edge.child:
                 return _value_changed(self.label, [edge])

@@ -76,6 +76,7 @@ def run_modes(model: Any, options: LlamaDemoOptions) -> list[dict[str, Any]]:
             "capture_seconds": captures[mode]["capture_seconds"],
             "replays": stats["replays"],
             "eager_fallbacks": stats["eager_fallbacks"],
+            "graph_coverage": stats["graph_coverage"],
             "padded_rows": stats["padded_rows"],
             "_passes": [timed.result for timed in runs[mode]],
         })
@@ -89,6 +90,7 @@ def run_llama_demo(options: LlamaDemoOptions, json_path: Path | None = None) -> 
     identical = all(row["_passes"] == rows[0]["_passes"] for row in rows)
     columns = [
         ("mode", "mode", "{}"), ("tokens", "tokens", "{}"), ("tok/s", "tokens_per_second", "{:.1f}"),
+        ("graph coverage", "graph_coverage", "{:.1%}"),
         ("graphs", "graphs", "{}"), ("capture s", "capture_seconds", "{:.2f}"), ("replays", "replays", "{}"),
         ("eager fallbacks", "eager_fallbacks", "{}"), ("padded rows", "padded_rows", "{}"),
     ]
