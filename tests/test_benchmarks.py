@@ -1,6 +1,7 @@
 """Smoke tests of the benchmark scripts: they import, and their small helpers work on tiny inputs.
 
-No benchmark is run here and nothing is timed.
+Nothing is timed; the one benchmark run here is ``bench_trust --quick`` (two
+row counts on one scale, about a second).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import paddle
 import pytest
+from conftest import paddleformers_transformers
 
 from graphcap import CaptureRegistry, GraphConfig
 
@@ -35,7 +37,8 @@ def _mode(tokens_per_second, decode_tokens_per_second=100.0):
 
 
 @pytest.mark.parametrize(
-    "name", ["bench_capture", "bench_mtp", "plot_results", "run_all", "bench_overhead", "bench_buckets", "bench_llama", "bench_ranks"]
+    "name", ["bench_capture", "bench_mtp", "plot_results", "run_all", "bench_overhead", "bench_buckets", "bench_llama", "bench_ranks",
+             "bench_trust"]
 )
 def test_benchmark_modules_import(bench, name):
     module = bench(name)
@@ -129,6 +132,27 @@ def test_plot_results_series_and_main(bench, tmp_path, capsys):
     assert plots.main(["--results", str(tmp_path)]) == 0  # with or without matplotlib
     assert "plot_results:" in capsys.readouterr().out
     assert plots.load(tmp_path / "missing.json") is None
+
+
+def test_trust_quick_writes_its_figures(bench, tmp_path, capsys):
+    paddleformers_transformers()  # a skip without it, a failure under make test
+    trust = bench("bench_trust")
+    out = tmp_path / "trust.json"
+    assert trust.main(["--quick", "--out", str(out)]) == 0  # tokens equal graphs off
+    result = json.loads(out.read_text())
+    (summary,) = result["summary"]
+    assert (summary["scale"], summary["backend"], summary["total"]) == (4, "eager", 2)
+    assert summary["captures_kept"] == f"{summary['kept']} of 2"
+    assert 0.0 <= summary["graph_share"] <= 1.0
+    assert 5.0 < result["max_abs_logit"]["x4"] < 20.0  # the 2-D weights were scaled x4
+    runs = result["sweeps"][0]["runs"]
+    assert [(run["rows"], run["bucket"], run["padded"]) for run in runs] == [(3, 4, True), (5, 8, True)]
+    assert all(run["padding_difference"] is not None for run in runs)
+    assert "   x4 eager " in capsys.readouterr().out  # the table's line for the one sweep
+    assert trust.measured_in("x differs by 0.000123, beyond the 1e-05 that rounding") == \
+        {"difference": 0.000123, "bound": 1e-05}
+    assert trust.measured_in("beyond rounding: padding changes the result") is None
+    assert trust.bucket_of(9) == 16 and len(trust.prompts_for(15, 512)) == 15
 
 
 def test_run_all_steps_exist_and_reject_unknown_names(bench):
