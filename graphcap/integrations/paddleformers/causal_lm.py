@@ -34,6 +34,7 @@ import paddle
 from graphcap.config import GraphConfig
 from graphcap.errors import ConfigError
 from graphcap.integrations.paddleformers.cache import StaticCache
+from graphcap.integrations.paddleformers.model_check import check_decoding
 from graphcap.ops.sampler import sample_plain
 from graphcap.ops.sampling_params import MAX_INFER_SEED
 from graphcap.registry import CaptureRegistry
@@ -65,8 +66,15 @@ class GraphedCausalLM:
     ``max_batch``. ``registry`` holds the buffers, the graphs and ``stats()``.
     """
 
-    def __init__(self, model: paddle.nn.Layer, config: GraphConfig, *, max_batch: int, max_len: int) -> None:
-        """Check the model fits static decoding, allocate the cache and buffers, wrap the decode step."""
+    def __init__(self, model: paddle.nn.Layer, config: GraphConfig, *, max_batch: int, max_len: int,
+                 check_model: bool = True) -> None:
+        """Check the model fits static decoding, allocate the cache and buffers, wrap the decode step.
+
+        ``check_model`` (on by default) then runs the acceptance check of
+        ``model_check.check_decoding``: a few eager decode steps compared with
+        the model's own full recompute, and a test that batch rows do not
+        interact; a model failing either is refused with ``ConfigError``.
+        """
         _check_model(model, max_batch=max_batch, max_len=max_len)
         self.model = model
         self.config = config
@@ -91,6 +99,9 @@ class GraphedCausalLM:
         sizes = sorted({size for size in config.sizes_for(1) if size <= max_batch} | {max_batch})
         self.decode_step = self.registry.graphed("decode", batch_arg="input_ids", rows_per_request=1,
                                                  capture_sizes=sizes)(self._step)
+        # Last: it runs the very staging, cache and step function generate() uses, and restores what it wrote.
+        if check_model:
+            check_decoding(self)
 
     # The captured region -------------------------------------------------------
     def _step(
@@ -283,10 +294,13 @@ def _check_model(model: paddle.nn.Layer, *, max_batch: int, max_len: int) -> Non
         raise ConfigError(f"{type(model).__name__} has no PaddleFormers config; pass a PaddleFormers causal LM")
     if max_batch < 1 or max_len < 2:
         raise ConfigError(f"max_batch={max_batch} must be >= 1 and max_len={max_len} >= 2")
-    if getattr(config, "fuse_rms_norm", False) and not paddle.is_compiled_with_cuda():
+    # PaddleFormers' Norm reads config.get("fuse_rms_norm", True): a config without the field fuses.
+    fused = getattr(config, "fuse_rms_norm", None)
+    if (fused is None or fused) and not paddle.is_compiled_with_cuda():
+        setting = "fuse_rms_norm=True" if fused else "no fuse_rms_norm (PaddleFormers then fuses)"
         raise ConfigError(
-            "the model was configured with fuse_rms_norm=True, whose fused kernel runs only on GPU builds of "
-            "Paddle; build its config with fuse_rms_norm=False on this machine"
+            f"the model's config has {setting}, whose fused kernel runs only on GPU builds of Paddle; build its "
+            f"config with fuse_rms_norm=False on this machine"
         )
     implementation = getattr(config, "_attn_implementation", "eager")
     if implementation != "eager":
@@ -304,6 +318,15 @@ def _check_model(model: paddle.nn.Layer, *, max_batch: int, max_len: int) -> Non
     if max_len > positions:
         raise ConfigError(
             f"max_len={max_len} exceeds the model's max_position_embeddings={positions}; use max_len <= {positions}"
+        )
+    if all(getattr(config, name, None) for name in ("qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")):
+        key_dim = config.qk_nope_head_dim + config.qk_rope_head_dim
+        raise ConfigError(
+            f"{type(model).__name__} uses multi-head latent attention, whose key head dim "
+            f"qk_nope_head_dim + qk_rope_head_dim = {key_dim} and value head dim v_head_dim = {config.v_head_dim} "
+            f"are separate (and whose cache update takes [batch, seq, heads, dim] states), but StaticCache holds "
+            f"one head dim in [batch, heads, seq, dim]; this model is not supported yet, serve it without "
+            f"GraphedCausalLM"
         )
     if model.training:
         raise ConfigError(f"{type(model).__name__} is in training mode (dropout); call model.eval() first")
