@@ -252,6 +252,7 @@ class CaptureRegistry:
         under ``"eager"``), ``coverage`` (function name -> share of its calls
         whose result came from a graph, None before its first call),
         ``graph_coverage`` (the same over every function's calls),
+        ``replays_per_graph`` (function name -> calls a graph served),
         ``shadow_checks`` and ``shadow_mismatches`` (with
         ``shadow_mismatch_details``), ``recapture_reasons``.
         """
@@ -266,6 +267,7 @@ class CaptureRegistry:
             "padded_rows": sum(fn.padding.padded_rows for fn in functions),
             "backend": self.backend.name,
             "per_graph": {fn.name: fn.padding.as_dict() for fn in functions},
+            "replays_per_graph": {fn.name: fn.graph_calls for fn in functions},
             "coverage": {fn.name: fn.coverage for fn in functions},
             "graph_coverage": _share(sum(fn.graph_calls for fn in functions),
                                      sum(fn.graph_calls + fn.eager_calls for fn in functions)),

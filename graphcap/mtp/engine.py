@@ -38,6 +38,7 @@ from graphcap.capture_plan import GraphSpec
 from graphcap.config import GraphConfig
 from graphcap.errors import ConfigError
 from graphcap.models.tiny_lm import TinyLMBundle, load_tiny_lm
+from graphcap.mtp.accept import accepted_prefix
 from graphcap.mtp.graph_specs import mtp_graph_specs
 from graphcap.mtp.preprocess import SlotRows, declare_step_buffers, write_step_inputs
 from graphcap.ops.sampler import sample_speculative
@@ -385,9 +386,7 @@ class MTPEngine:
         for slot in ordered:
             start = layout.row_start[slot.index]
             row_tokens = sampled[start : start + self.k + 1].tolist()
-            accepted = 0
-            while accepted < self.k and slot.drafts[accepted] == row_tokens[accepted]:
-                accepted += 1
+            accepted = accepted_prefix(slot.drafts, row_tokens)
             stats.proposed_drafts += self.k
             stats.accepted_drafts += accepted
             stats.tokens += self._append(slot, row_tokens[: accepted + 1])

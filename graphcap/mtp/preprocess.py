@@ -48,16 +48,20 @@ class StepLayout:
     batch_id_per_token_output: np.ndarray
 
 
-def declare_step_buffers(bufs: StaticBuffers, *, max_batch: int, max_rows: int) -> None:
-    """Declare the pre-processing buffers once, with their padding rules."""
-    bufs.declare("seq_lens_this_time", [max_batch], "int32", pad="zero")
-    bufs.declare("seq_lens_encoder", [max_batch], "int32", pad="zero")
-    bufs.declare("cu_seqlens_q_output", [max_batch + 1], "int32", pad="keep")
+def declare_step_buffers(bufs: StaticBuffers, *, max_batch: int, max_rows: int, prefix: str = "") -> None:
+    """Declare the pre-processing buffers once, with their padding rules.
+
+    ``prefix`` starts every name (``spec_input_ids`` ...), for a registry
+    that already holds buffers of these names for another step.
+    """
+    bufs.declare(f"{prefix}seq_lens_this_time", [max_batch], "int32", pad="zero")
+    bufs.declare(f"{prefix}seq_lens_encoder", [max_batch], "int32", pad="zero")
+    bufs.declare(f"{prefix}cu_seqlens_q_output", [max_batch + 1], "int32", pad="keep")
     # -1 marks padding rows: the model maps them to its trash KV slot and the
     # sampler's rows past cu[B] are padding, so they never touch a request.
-    bufs.declare("batch_id_per_token_output", [max_rows], "int32", pad="value", pad_value=-1)
-    bufs.declare("input_ids", [max_rows], "int64", pad="zero")
-    bufs.declare("positions", [max_rows], "int64", pad="zero")
+    bufs.declare(f"{prefix}batch_id_per_token_output", [max_rows], "int32", pad="value", pad_value=-1)
+    bufs.declare(f"{prefix}input_ids", [max_rows], "int64", pad="zero")
+    bufs.declare(f"{prefix}positions", [max_rows], "int64", pad="zero")
 
 
 def layout_rows(slot_rows: Sequence[SlotRows], *, max_batch: int) -> tuple[StepLayout, np.ndarray, np.ndarray]:
@@ -93,17 +97,19 @@ def layout_rows(slot_rows: Sequence[SlotRows], *, max_batch: int) -> tuple[StepL
     return layout, np.asarray(ids, dtype=np.int64), np.asarray(positions, dtype=np.int64)
 
 
-def write_step_inputs(bufs: StaticBuffers, slot_rows: Sequence[SlotRows], *, max_batch: int) -> StepLayout:
-    """Lay out this step's rows and write every pre-processing buffer in place."""
+def write_step_inputs(
+    bufs: StaticBuffers, slot_rows: Sequence[SlotRows], *, max_batch: int, prefix: str = ""
+) -> StepLayout:
+    """Lay out this step's rows and write every pre-processing buffer in place (names as declared, ``prefix``)."""
     layout, ids, positions = layout_rows(slot_rows, max_batch=max_batch)
     encoder = np.zeros(max_batch, dtype=np.int32)
     for item in slot_rows:
         if item.prefill:
             encoder[item.slot] = len(item.tokens)
-    bufs.write("seq_lens_this_time", layout.seq_lens_this_time)
-    bufs.write("seq_lens_encoder", encoder)
-    bufs.write("cu_seqlens_q_output", layout.cu_seqlens_q_output)
-    bufs.write("batch_id_per_token_output", layout.batch_id_per_token_output)
-    bufs.write("input_ids", ids)
-    bufs.write("positions", positions)
+    bufs.write(f"{prefix}seq_lens_this_time", layout.seq_lens_this_time)
+    bufs.write(f"{prefix}seq_lens_encoder", encoder)
+    bufs.write(f"{prefix}cu_seqlens_q_output", layout.cu_seqlens_q_output)
+    bufs.write(f"{prefix}batch_id_per_token_output", layout.batch_id_per_token_output)
+    bufs.write(f"{prefix}input_ids", ids)
+    bufs.write(f"{prefix}positions", positions)
     return layout

@@ -111,14 +111,20 @@ class StaticCache(Cache):
         self._rows: tuple[paddle.Tensor, paddle.Tensor] | None = None
 
     @classmethod
-    def for_model(cls, model: paddle.nn.Layer, *, slots: int, max_len: int) -> StaticCache:
-        """A cache shaped for ``model``'s config (layers, kv heads, head dim) in its parameters' dtype."""
+    def for_model(cls, model: paddle.nn.Layer, *, slots: int, max_len: int,
+                  num_layers: int | None = None) -> StaticCache:
+        """A cache shaped for ``model``'s config (layers, kv heads, head dim) in its parameters' dtype.
+
+        ``num_layers`` overrides the config's ``num_hidden_layers`` (an MTP
+        draft's cache has one layer per MTP layer, with the same heads).
+        """
         config = model.config
         heads = config.num_attention_heads
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
         kv_heads = getattr(config, "num_key_value_heads", None) or heads
         dtype = next(iter(model.parameters())).dtype
-        return cls(num_layers=config.num_hidden_layers, slots=slots, num_kv_heads=kv_heads, max_len=max_len,
+        layers = config.num_hidden_layers if num_layers is None else num_layers
+        return cls(num_layers=layers, slots=slots, num_kv_heads=kv_heads, max_len=max_len,
                    head_dim=head_dim, dtype=dtype)
 
     def tensors(self) -> Iterator[tuple[str, paddle.Tensor]]:

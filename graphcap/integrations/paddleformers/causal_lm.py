@@ -34,7 +34,15 @@ import paddle
 from graphcap.config import GraphConfig
 from graphcap.errors import ConfigError
 from graphcap.integrations.paddleformers.cache import StaticCache
+from graphcap.integrations.paddleformers.drafts import (
+    ModelDraft,
+    MTPDraft,
+    causal_mask,
+    final_norm_input,
+    mtp_layer_count,
+)
 from graphcap.integrations.paddleformers.model_check import check_decoding
+from graphcap.integrations.paddleformers.speculative import SpeculativeDecoder
 from graphcap.ops.sampler import sample_plain
 from graphcap.ops.sampling_params import MAX_INFER_SEED
 from graphcap.registry import CaptureRegistry
@@ -56,6 +64,7 @@ class _Request:
     length: int = 0  # positions written into the cache
     generated: list[int] = attrs.Factory(list)
     done: bool = False
+    drafts: list[int] = attrs.Factory(list)  # speculative decoding: the next step's k drafts
 
 
 class GraphedCausalLM:
@@ -67,15 +76,21 @@ class GraphedCausalLM:
     """
 
     def __init__(self, model: paddle.nn.Layer, config: GraphConfig, *, max_batch: int, max_len: int,
-                 check_model: bool = True) -> None:
+                 draft: str | paddle.nn.Layer | None = None, check_model: bool = True) -> None:
         """Check the model fits static decoding, allocate the cache and buffers, wrap the decode step.
 
-        ``check_model`` (on by default) then runs the acceptance check of
+        ``draft`` turns on speculative decoding with
+        ``config.num_speculative_tokens = k`` drafts per step: ``"mtp"`` for
+        the model's own MTP layers (ERNIE-4.5), or a PaddleFormers causal LM
+        sharing the vocabulary (see ``speculative``). ``check_model`` (on by
+        default) then runs the acceptance check of
         ``model_check.check_decoding``: a few eager decode steps compared with
         the model's own full recompute, and a test that batch rows do not
-        interact; a model failing either is refused with ``ConfigError``.
+        interact; a model failing either is refused with ``ConfigError`` (a
+        draft model is checked the same way).
         """
         _check_model(model, max_batch=max_batch, max_len=max_len)
+        _check_speculation(model, config, draft)
         self.model = model
         self.config = config
         self.max_batch = max_batch
@@ -89,8 +104,9 @@ class GraphedCausalLM:
         bufs.declare("slot_ids", [max_batch], "int64", pad="value", pad_value=self.scratch_slot)
         # Padding rows repeat row 0's mask: a valid pattern over the scratch slot, never all-masked.
         bufs.declare("attention_mask", [max_batch, 1, 1, max_len], "bool", pad="copy_row0")
-        bufs.declare("top_p", [max_batch], "float32", pad="keep")
-        bufs.declare("top_k", [max_batch], "int64", pad="keep")
+        # Per slot, the scratch slot included (the speculative sampler indexes them by slot).
+        bufs.declare("top_p", [max_batch + 1], "float32", pad="keep")
+        bufs.declare("top_k", [max_batch + 1], "int64", pad="keep")
         # One seed per slot, the scratch slot included (padding rows advance it).
         bufs.declare("infer_seed", [max_batch + 1], "int64", pad="keep")
         self.cache = StaticCache.for_model(model, slots=max_batch + 1, max_len=max_len)
@@ -99,6 +115,8 @@ class GraphedCausalLM:
         sizes = sorted({size for size in config.sizes_for(1) if size <= max_batch} | {max_batch})
         self.decode_step = self.registry.graphed("decode", batch_arg="input_ids", rows_per_request=1,
                                                  capture_sizes=sizes)(self._step)
+        self.speculative = None if draft is None else SpeculativeDecoder(
+            self, _build_draft(self, draft, check_model=check_model))
         # Last: it runs the very staging, cache and step function generate() uses, and restores what it wrote.
         if check_model:
             check_decoding(self)
@@ -109,11 +127,29 @@ class GraphedCausalLM:
         attention_mask: paddle.Tensor, greedy: bool,
     ) -> tuple[paddle.Tensor, paddle.Tensor]:
         """One token for each row: ``(tokens int64 [R], last-position logits [R, vocab])``."""
-        with self.cache.bind(slot_ids, position_ids):
-            out = self.model(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask,
-                             past_key_values=self.cache, use_cache=True, return_dict=True)
-        logits = out.logits[:, -1, :]
+        logits, _ = self.forward_rows(input_ids, position_ids, slot_ids, attention_mask=attention_mask)
+        logits = logits[:, -1, :]
         return self._sample(logits, slot_ids, greedy=greedy), logits
+
+    def forward_rows(
+        self, input_ids: paddle.Tensor, position_ids: paddle.Tensor, slot_ids: paddle.Tensor, *,
+        attention_mask: paddle.Tensor | None = None, record_hidden: bool = False,
+    ) -> tuple[paddle.Tensor, paddle.Tensor | None]:
+        """The model over rows ``[R, S]`` through the static cache: ``(logits [R, S, vocab], hidden or None)``.
+
+        ``attention_mask`` defaults to the causal mask of ``position_ids``;
+        ``record_hidden`` also returns the last hidden state before the final
+        norm ``[R, S, hidden]`` (what an MTP draft reads).
+        """
+        mask = causal_mask(position_ids, self.max_len) if attention_mask is None else attention_mask
+        inputs = {"input_ids": input_ids, "position_ids": position_ids, "attention_mask": mask,
+                  "past_key_values": self.cache, "use_cache": True, "return_dict": True}
+        if not record_hidden:
+            with self.cache.bind(slot_ids, position_ids):
+                return self.model(**inputs).logits, None
+        with self.cache.bind(slot_ids, position_ids), final_norm_input(self.model) as recorded:
+            out = self.model(**inputs)
+        return out.logits, recorded[-1]
 
     def _sample(self, logits: paddle.Tensor, slot_ids: paddle.Tensor, *, greedy: bool) -> paddle.Tensor:
         """Tokens for ``logits`` rows: argmax, or sampled with the rows' slots' seeds (advanced in place)."""
@@ -133,17 +169,17 @@ class GraphedCausalLM:
     # Prefill and decode ----------------------------------------------------------
     def prefill(self, slot: int, prompt: Sequence[int], *, greedy: bool = True) -> int:
         """Run ``prompt`` eagerly into ``slot``'s cache; returns the first generated token."""
-        length = len(prompt)
+        return self.prefill_with_hidden(slot, prompt, greedy=greedy)[0]
+
+    def prefill_with_hidden(
+        self, slot: int, prompt: Sequence[int], *, greedy: bool = True, record_hidden: bool = False,
+    ) -> tuple[int, paddle.Tensor | None]:
+        """``prefill``, also returning the prompt's pre-norm hidden states ``[1, len, hidden]`` if asked."""
         ids = paddle.to_tensor([list(prompt)], dtype="int64")
-        positions = paddle.arange(length, dtype="int64").reshape([1, length])
-        causal = np.tril(np.ones([length, self.max_len], dtype=bool), k=0)
-        causal[:, length:] = False
-        mask = paddle.to_tensor(causal.reshape([1, 1, length, self.max_len]))
+        positions = paddle.arange(len(prompt), dtype="int64").reshape([1, -1])
         slot_ids = paddle.to_tensor([slot], dtype="int64")
-        with self.cache.bind(slot_ids, positions):
-            out = self.model(input_ids=ids, position_ids=positions, attention_mask=mask,
-                             past_key_values=self.cache, use_cache=True, return_dict=True)
-        return int(self._sample(out.logits[:, -1, :], slot_ids, greedy=greedy).numpy()[0])
+        logits, hidden = self.forward_rows(ids, positions, slot_ids, record_hidden=record_hidden)
+        return int(self._sample(logits[:, -1, :], slot_ids, greedy=greedy).numpy()[0]), hidden
 
     def stage(self, slots: Sequence[int], tokens: Sequence[int], positions: Sequence[int]) -> dict[str, Any]:
         """Write one decode step's inputs into the registry buffers; returns the step's arguments.
@@ -202,20 +238,27 @@ class GraphedCausalLM:
                 request.slot = slot
                 if sampled:
                     self._seed_slot(slot, (base_seed + request.index * _SEED_STRIDE) % MAX_INFER_SEED)
-                first = self.prefill(slot, request.prompt, greedy=not sampled)
+                if self.speculative is not None:
+                    first = self.speculative.prefill(request, greedy=not sampled)
+                else:
+                    first = self.prefill(slot, request.prompt, greedy=not sampled)
                 request.length = len(request.prompt)
                 self._commit(request, first, max_new_tokens, eos_token_id)
                 if not request.done:
                     active[slot] = request
             if not active:
                 continue
-            order = sorted(active)
-            rows = [active[slot] for slot in order]
-            tokens = self.decode(order, [r.generated[-1] for r in rows], [r.length for r in rows],
-                                 greedy=not sampled)
-            for request, token in zip(rows, tokens):
-                request.length += 1
-                self._commit(request, token, max_new_tokens, eos_token_id)
+            rows = [active[slot] for slot in sorted(active)]
+            if self.speculative is not None:
+                self.speculative.step(rows, greedy=not sampled,
+                                      commit=lambda r, t: self._commit(r, t, max_new_tokens, eos_token_id))
+            else:
+                tokens = self.decode([r.slot for r in rows], [r.generated[-1] for r in rows],
+                                     [r.length for r in rows], greedy=not sampled)
+                for request, token in zip(rows, tokens):
+                    request.length += 1
+                    self._commit(request, token, max_new_tokens, eos_token_id)
+            for request in rows:
                 if request.done:
                     del active[request.slot]
         return [request.generated for request in requests]
@@ -244,8 +287,15 @@ class GraphedCausalLM:
         return captured + self.decode_step.capture_all(lambda rows: dummy(rows, False))
 
     def stats(self) -> dict[str, Any]:
-        """The registry's statistics (captures, replays, eager fallbacks with reasons, padding)."""
-        return self.registry.stats()
+        """The registry's statistics (captures, replays, eager fallbacks with reasons, padding, coverage).
+
+        With a draft, also ``acceptance_rate`` (accepted / proposed drafts,
+        None before the first step), ``proposed_drafts`` and ``accepted_drafts``.
+        """
+        stats = self.registry.stats()
+        if self.speculative is not None:
+            stats.update(self.speculative.stats())
+        return stats
 
     # Host bookkeeping -------------------------------------------------------------
     def _commit(self, request: _Request, token: int, max_new_tokens: int, eos_token_id: int | None) -> None:
@@ -259,8 +309,8 @@ class GraphedCausalLM:
         if top_k < 0:
             raise ConfigError(f"top_k={top_k} must be >= 0; use 0 for no top-k cut")
         bufs = self.registry.buffers
-        bufs.write("top_p", np.full([self.max_batch], top_p, dtype=np.float32))
-        bufs.write("top_k", np.full([self.max_batch], top_k, dtype=np.int64))
+        bufs.write("top_p", np.full([self.max_batch + 1], top_p, dtype=np.float32))
+        bufs.write("top_k", np.full([self.max_batch + 1], top_k, dtype=np.int64))
 
     def _seed_slot(self, slot: int, seed: int) -> None:
         seeds = self.registry.buffers.infer_seed
@@ -272,12 +322,15 @@ class GraphedCausalLM:
         for index, prompt in enumerate(prompts):
             if len(prompt) == 0:
                 raise ConfigError(f"prompt {index} is empty; give every prompt at least one token")
-            need = len(prompt) + max_new_tokens
+            # A speculative step writes k drafts past the last token, the draft model one more.
+            extra = 0 if self.speculative is None else self.config.num_speculative_tokens + 1
+            need = len(prompt) + max_new_tokens + extra
             if need > self.max_len:
+                drafts = f" + k+1={extra} for the drafts" if extra else ""
                 raise ConfigError(
-                    f"prompt {index} has {len(prompt)} tokens and max_new_tokens={max_new_tokens}, which needs "
-                    f"{need} cache positions but max_len={self.max_len}; shorten it or build GraphedCausalLM "
-                    f"with a larger max_len"
+                    f"prompt {index} has {len(prompt)} tokens and max_new_tokens={max_new_tokens}{drafts}, which "
+                    f"needs {need} cache positions but max_len={self.max_len}; shorten it or build "
+                    f"GraphedCausalLM with a larger max_len"
                 )
             bad = [token for token in prompt if not 0 <= int(token) < self.vocab_size]
             if bad:
@@ -330,3 +383,48 @@ def _check_model(model: paddle.nn.Layer, *, max_batch: int, max_len: int) -> Non
         )
     if model.training:
         raise ConfigError(f"{type(model).__name__} is in training mode (dropout); call model.eval() first")
+
+
+def _check_speculation(model: paddle.nn.Layer, config: GraphConfig, draft: str | paddle.nn.Layer | None) -> None:
+    """Refuse a draft without draft tokens, draft tokens without a draft, and a draft that is neither kind."""
+    k = config.num_speculative_tokens
+    if draft is None:
+        if k:
+            raise ConfigError(
+                f"num_speculative_tokens={k} but no draft was given; pass draft='mtp' (the model's own MTP "
+                f"layers) or draft=<a PaddleFormers causal LM>, or set num_speculative_tokens=0 for plain decoding"
+            )
+        return
+    if k < 1:
+        raise ConfigError(
+            f"a draft was given but num_speculative_tokens={k}; set GraphConfig(num_speculative_tokens=k) with "
+            f"k >= 1 (the drafts per step), or drop draft= for plain decoding"
+        )
+    if isinstance(draft, str):
+        if draft != "mtp":
+            raise ConfigError(f"draft={draft!r} is not a draft kind; use draft='mtp' or pass a draft model")
+        if not mtp_layer_count(model) and getattr(model.config, "num_nextn_predict_layers", 0):
+            raise ConfigError(
+                f"draft='mtp': {type(model).__name__} has num_nextn_predict_layers="
+                f"{model.config.num_nextn_predict_layers} but not in ERNIE-4.5's layout (model.mtp_block), the "
+                f"only MTP layout supported; pass a draft model instead"
+            )
+        return
+    if not isinstance(draft, paddle.nn.Layer) or getattr(draft, "config", None) is None:
+        raise ConfigError(
+            f"draft={type(draft).__name__} is neither 'mtp' nor a PaddleFormers causal LM; pass draft='mtp' or "
+            f"draft=<a PaddleFormers causal LM sharing the vocabulary>"
+        )
+
+
+def _build_draft(lm: GraphedCausalLM, draft: str | paddle.nn.Layer, *, check_model: bool) -> MTPDraft | ModelDraft:
+    """The draft ``lm`` speculates with; a draft model passes the checks the target does."""
+    slots = lm.max_batch + 1
+    if isinstance(draft, str):
+        return MTPDraft(lm.model, slots=slots, max_len=lm.max_len)
+    _check_model(draft, max_batch=lm.max_batch, max_len=lm.max_len)
+    built = ModelDraft(draft, target=lm.model, slots=slots, max_len=lm.max_len)
+    if check_model:
+        # The draft's own acceptance check, run through a plain GraphedCausalLM of its own (eager, 2 slots).
+        GraphedCausalLM(draft, GraphConfig(use_graph=False), max_batch=min(2, lm.max_batch), max_len=lm.max_len)
+    return built

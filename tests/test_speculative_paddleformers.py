@@ -1,0 +1,203 @@
+"""Speculative decoding under graphs on PaddleFormers models: the model's own MTP layers, and draft models.
+
+Every greedy run is compared with the target's own greedy decoding by full
+recompute (no cache, one token at a time): speculation is lossless only if
+the tokens are exactly those. Sampled runs are seeded and compared between
+graphs off and on. Models are random (seeded) with 2-D weights x4, so logits
+reach |logit| ~10 and argmax ties do not hide errors.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import paddle
+import pytest
+from conftest import paddleformers_transformers
+
+from graphcap import ConfigError, GraphConfig
+
+PROMPTS = [[5, 9, 13], [7, 1], [2, 3, 4, 5, 6], [11]]
+MAX_NEW = 8
+MAX_LEN = 32
+SCALE = 4.0
+
+
+def _scaled(model: paddle.nn.Layer, scale: float = SCALE) -> paddle.nn.Layer:
+    model.eval()
+    with paddle.no_grad():
+        for parameter in model.parameters():
+            if len(parameter.shape) == 2:
+                parameter.set_value(parameter * scale)
+    return model
+
+
+def _llama(seed: int = 0, layers: int = 2) -> paddle.nn.Layer:
+    paddleformers_transformers()
+    from graphcap.integrations.paddleformers.tiny import tiny_llama
+
+    return tiny_llama(seed=seed, scale=SCALE, num_hidden_layers=layers, vocab_size=256)
+
+
+def _perturbed(model_seed: int, noise: float) -> paddle.nn.Layer:
+    """The target's weights plus noise of ``noise`` x each matrix's std: a draft that is right part of the time."""
+    draft = _llama(model_seed)
+    paddle.seed(7)
+    with paddle.no_grad():
+        for parameter in draft.parameters():
+            if len(parameter.shape) == 2:
+                parameter.set_value(parameter + noise * parameter.std() * paddle.randn(parameter.shape))
+    return draft
+
+
+def _ernie_mtp(layers: int = 1) -> paddle.nn.Layer:
+    """ERNIE-4.5 MoE with MTP layers, dense (its MoE routing kernel is GPU-only)."""
+    transformers = paddleformers_transformers()
+    config = transformers.Ernie4_5_MoeConfig(
+        vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=64, fuse_rms_norm=False, moe_layer_start_index=2,
+        num_nextn_predict_layers=layers, moe_num_experts=4, moe_intermediate_size=64,
+    )
+    paddle.seed(0)
+    return _scaled(transformers.Ernie4_5_MoeForCausalLM(config))
+
+
+def _recompute(model: paddle.nn.Layer, prompt: list[int], steps: int) -> list[int]:
+    """The target's own greedy decoding: the whole sequence re-run for every token, no cache."""
+    sequence, out = list(prompt), []
+    with paddle.no_grad():
+        for _ in range(steps):
+            logits = model(input_ids=paddle.to_tensor([sequence]), use_cache=False, return_dict=True).logits
+            token = int(paddle.argmax(logits[0, -1]).numpy())
+            sequence.append(token)
+            out.append(token)
+    return out
+
+
+@pytest.fixture(scope="module")
+def models():
+    target = _llama()
+    ernie = _ernie_mtp()
+    return {
+        "target": target,
+        "copy": _llama(),
+        "perturbed": _perturbed(0, 0.05),
+        "smaller": _llama(seed=1, layers=1),
+        "ernie": ernie,
+        "ernie2": _ernie_mtp(layers=2),
+        "want": {name: [_recompute(model, prompt, MAX_NEW) for prompt in PROMPTS]
+                 for name, model in (("llama", target), ("ernie", ernie))},
+    }
+
+
+def _lm(models, kind: str, *, k: int = 2, **config):
+    from graphcap.integrations.paddleformers import GraphedCausalLM
+
+    graph_config = GraphConfig(num_speculative_tokens=k, **config)
+    if kind in ("mtp", "mtp2"):
+        model = models["ernie" if kind == "mtp" else "ernie2"]
+        return GraphedCausalLM(model, graph_config, max_batch=2, max_len=MAX_LEN, draft="mtp"), "ernie"
+    return GraphedCausalLM(models["target"], graph_config, max_batch=2, max_len=MAX_LEN, draft=models[kind]), "llama"
+
+
+MODES = {
+    "graphs_off": dict(use_graph=False),
+    "eager": dict(use_graph=True, backend="eager"),
+    "eager_draft_graphs_off": dict(use_graph=True, backend="eager", draft_use_graph=False),
+    "static": dict(use_graph=True, backend="static"),
+}
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("kind,k", [("copy", 2), ("perturbed", 3), ("smaller", 1), ("mtp", 1), ("mtp", 3),
+                                    ("mtp2", 3)])
+def test_greedy_speculation_equals_the_targets_own_recompute(models, kind, k, mode):
+    if mode == "static" and (kind, k) in (("smaller", 1), ("mtp", 1)):
+        pytest.skip("the static backend runs on the k=2/3 cases of each draft kind (about 8 s each)")
+    lm, family = _lm(models, kind, k=k, **MODES[mode])
+    assert lm.generate(PROMPTS, MAX_NEW) == models["want"][family]
+    stats = lm.stats()
+    assert stats["fallbacks"] == [] and stats["eager_fallbacks"] == 0
+    replays = stats["replays_per_graph"]
+    if MODES[mode]["use_graph"]:
+        assert stats["coverage"]["target"] == 1.0 and replays["target"] > 0
+        drafts_on = MODES[mode].get("draft_use_graph", True)
+        assert (replays["draft"] > 0) == drafts_on
+        assert (replays["draft_next"] > 0) == (drafts_on and k > 1)
+    else:
+        assert stats["graphs"] == 0 and sum(replays.values()) == 0
+
+
+@pytest.mark.parametrize("kind", ["copy", "mtp"])
+def test_sampled_speculation_is_seeded_and_equal_with_graphs_on_and_off(models, kind):
+    runs = {}
+    for mode in ("graphs_off", "eager", "static"):
+        lm, family = _lm(models, kind, k=2, **MODES[mode])
+        runs[mode] = lm.generate(PROMPTS, MAX_NEW, greedy=False, top_p=0.9, seed=3)
+        assert lm.generate(PROMPTS, MAX_NEW, greedy=False, top_p=0.9, seed=3) != lm.generate(
+            PROMPTS, MAX_NEW, greedy=False, top_p=0.9, seed=4)  # the seed matters
+    assert runs["graphs_off"] == runs["eager"] == runs["static"]
+    assert runs["graphs_off"] != models["want"][family]  # it sampled, not argmax
+
+
+def test_a_draft_that_is_a_copy_of_the_target_is_always_accepted(models):
+    lm, _ = _lm(models, "copy", k=3, use_graph=True, backend="eager")
+    lm.generate(PROMPTS, MAX_NEW)
+    stats = lm.stats()
+    assert stats["proposed_drafts"] > 0 and stats["accepted_drafts"] == stats["proposed_drafts"]
+    assert stats["acceptance_rate"] == 1.0
+    # Accept-all: every step commits k+1 = 4 tokens, so 8 tokens (1 from prefill) take 2 steps.
+    assert stats["replays_per_graph"]["target"] == 4  # 4 requests, 2 a step, 2 steps each
+
+
+def test_a_perturbed_draft_is_accepted_part_of_the_time_and_random_mtp_weights_near_never(models):
+    perturbed, _ = _lm(models, "perturbed", k=2, use_graph=False)
+    perturbed.generate(PROMPTS, MAX_NEW)
+    rate = perturbed.stats()["acceptance_rate"]
+    assert 0.0 < rate < 1.0  # 0.275 measured with 16 tokens
+    mtp, _ = _lm(models, "mtp", k=2, use_graph=False)
+    assert mtp.stats()["acceptance_rate"] is None  # no step yet
+    mtp.generate(PROMPTS, MAX_NEW)
+    assert 0.0 <= mtp.stats()["acceptance_rate"] < 0.5  # random MTP weights: reported, nothing claimed
+
+
+def test_the_mtp_layer_writes_its_own_cache_and_leaves_no_hook_on_the_model(models):
+    lm, _ = _lm(models, "mtp", k=2, use_graph=True, backend="eager")
+    before = [tensor.numpy().copy() for _, tensor in lm.cache.tensors()]
+    lm.generate(PROMPTS, MAX_NEW)
+    assert len(lm.cache.layers) == 2  # the target's layers only
+    draft_cache = lm.speculative.draft.cache
+    assert len(draft_cache.layers) == 1 and all(np.abs(t.numpy()).max() > 0 for _, t in draft_cache.tensors())
+    assert any(not np.array_equal(b, t.numpy()) for b, (_, t) in zip(before, lm.cache.tensors()))
+    assert not models["ernie"].model.norm._forward_pre_hooks
+
+
+def test_two_mtp_layers_chain_the_last_one_beyond_their_number(models):
+    lm, _ = _lm(models, "mtp2", k=3, use_graph=False)
+    draft = lm.speculative.draft
+    assert [draft.layer_for(substep) for substep in range(4)] == [0, 1, 1, 1]
+
+
+def test_bad_speculative_input_is_refused_at_construction_with_the_fix(models):
+    from graphcap.integrations.paddleformers import GraphedCausalLM
+
+    def build(model, k, draft):
+        return GraphedCausalLM(model, GraphConfig(num_speculative_tokens=k), max_batch=2, max_len=MAX_LEN,
+                               draft=draft)
+
+    with pytest.raises(ConfigError, match="draft='mtp' but LlamaForCausalLM has no MTP layers"):
+        build(models["target"], 2, "mtp")
+    other_vocab = _llama()
+    other_vocab.config.vocab_size = 128  # what the check reads; the draft is refused before it runs
+    with pytest.raises(ConfigError, match="vocab_size=128 but the target has 256"):
+        build(models["target"], 2, other_vocab)
+    with pytest.raises(ConfigError, match="a draft was given but num_speculative_tokens=0"):
+        build(models["target"], 0, models["copy"])
+    with pytest.raises(ConfigError, match="num_speculative_tokens=2 but no draft was given"):
+        build(models["target"], 2, None)
+    with pytest.raises(ConfigError, match="draft='eagle' is not a draft kind"):
+        build(models["target"], 2, "eagle")
+    with pytest.raises(ConfigError, match="neither 'mtp' nor a PaddleFormers causal LM"):
+        build(models["target"], 2, object())
+    lm = build(models["target"], 2, models["copy"])
+    with pytest.raises(ConfigError, match=r"k\+1=3 for the drafts"):
+        lm.generate([[1] * 20], MAX_LEN - 22)
