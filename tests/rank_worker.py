@@ -157,6 +157,32 @@ def data_parallel_mtp(rank: int) -> dict[str, Any]:
             "per_graph": stats["per_graph"], "eager_fallbacks": stats["eager_fallbacks"], "fallbacks": stats["fallbacks"]}
 
 
+def paddleformers_lockstep(rank: int, draft_kind: str | None) -> dict[str, Any]:
+    """GraphedCausalLM on two ranks with different loads (plain or speculative) equals each rank's own run."""
+    from graphcap.integrations.paddleformers import GraphedCausalLM
+    from graphcap.integrations.paddleformers.tiny import tiny_llama
+
+    target = tiny_llama(seed=0, scale=4.0, num_hidden_layers=2)
+    draft = tiny_llama(seed=0, scale=4.0, num_hidden_layers=2) if draft_kind == "copy" else None
+    k = 2 if draft is not None else 0
+    # Rank 0 has three requests of different lengths, rank 1 one short one: rank 1 idles for most steps.
+    prompts = [[5, 9, 13], [7, 1], [2, 3, 4, 5]] if rank == 0 else [[11, 4]]
+    lengths = 10 if rank == 0 else 3
+    options = dict(use_graph=True, backend="eager", num_speculative_tokens=k)
+
+    def run(**extra: Any) -> tuple[list[list[int]], dict[str, Any]]:
+        lm = GraphedCausalLM(target, GraphConfig(**options, **extra), max_batch=2, max_len=40, draft=draft)
+        tokens = lm.generate(prompts, lengths, greedy=False, top_p=0.9, seed=7 + rank)
+        return tokens, lm.stats()
+
+    want, alone = run()
+    got, stats = run(sync_ranks=True)
+    return {"identical": got == want, "collectives": stats["collectives"], "per_graph": stats["per_graph"],
+            "replays_per_graph": stats["replays_per_graph"], "eager_fallbacks": stats["eager_fallbacks"],
+            "fallbacks": stats["fallbacks"], "alone_replays": alone["replays_per_graph"],
+            "acceptance_rate": stats.get("acceptance_rate")}
+
+
 def world_of_one(rank: int) -> dict[str, Any]:
     """sync_ranks with a single rank: no agreement object, no collective."""
     reg = registry()
@@ -177,6 +203,8 @@ SCENARIOS = {
     "one_collective_per_step": one_collective_per_step,
     "data_parallel_mtp": data_parallel_mtp,
     "world_of_one": world_of_one,
+    "paddleformers_plain": lambda rank: paddleformers_lockstep(rank, None),
+    "paddleformers_speculative": lambda rank: paddleformers_lockstep(rank, "copy"),
 }
 
 

@@ -230,7 +230,8 @@ class GraphedCausalLM:
         waiting = list(requests)
         active: dict[int, _Request] = {}
         base_seed = 0 if seed is None else seed
-        while waiting or active:
+        # Until no rank has work: the step's agreement says (alone, this rank's own work does).
+        while True:
             for slot in [slot for slot in range(self.max_batch) if slot not in active]:
                 if not waiting:
                     break
@@ -246,22 +247,41 @@ class GraphedCausalLM:
                 self._commit(request, first, max_new_tokens, eos_token_id)
                 if not request.done:
                     active[slot] = request
-            if not active:
-                continue
             rows = [active[slot] for slot in sorted(active)]
-            if self.speculative is not None:
-                self.speculative.step(rows, greedy=not sampled,
-                                      commit=lambda r, t: self._commit(r, t, max_new_tokens, eos_token_id))
-            else:
-                tokens = self.decode([r.slot for r in rows], [r.generated[-1] for r in rows],
-                                     [r.length for r in rows], greedy=not sampled)
-                for request, token in zip(rows, tokens):
-                    request.length += 1
-                    self._commit(request, token, max_new_tokens, eos_token_id)
+            # One agreement per step with sync_ranks (free without): every rank steps until
+            # none has work, and a rank without rows replays padding rows for the others.
+            per_request = 1 + self.config.num_speculative_tokens if self.speculative is not None else 1
+            with self.registry.step(rows=len(rows) * per_request, busy=bool(waiting or active)) as step:
+                if not step.busy:
+                    break
+                lockstep = self.registry.agreement is not None
+                if not rows and not (lockstep and step.rows):
+                    continue
+                self._decode_step(rows, sampled=sampled, max_new_tokens=max_new_tokens, eos_token_id=eos_token_id,
+                                  agreed_rows=step.rows if lockstep else None)
             for request in rows:
                 if request.done:
                     del active[request.slot]
         return [request.generated for request in requests]
+
+    def _decode_step(self, rows: list[_Request], *, sampled: bool, max_new_tokens: int, eos_token_id: int | None,
+                     agreed_rows: int | None) -> None:
+        """One decode step of ``rows`` (sorted by slot; empty on an idle rank in lockstep), committed."""
+        def commit(request: _Request, token: int) -> None:
+            self._commit(request, token, max_new_tokens, eos_token_id)
+
+        if self.speculative is not None:
+            self.speculative.step(rows, greedy=not sampled, commit=commit, agreed_rows=agreed_rows)
+            return
+        seeds = self.registry.buffers.infer_seed.clone() if not rows else None
+        tokens = self.decode([r.slot for r in rows], [r.generated[-1] for r in rows], [r.length for r in rows],
+                             greedy=not sampled)
+        if seeds is not None:
+            # An idle rank's padding rows advanced the scratch slot's seed; its own stay as they were.
+            self.registry.buffers.write("infer_seed", seeds)
+        for request, token in zip(rows, tokens):
+            request.length += 1
+            commit(request, token)
 
     def capture_all(self) -> int:
         """Capture every decode bucket up front with dummy rows in the scratch slot; returns graphs captured.

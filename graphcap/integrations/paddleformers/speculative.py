@@ -154,12 +154,32 @@ class SpeculativeDecoder:
         request.drafts = self._chain([request], [proposal], states, graphed=False)[0]
         return first
 
-    def step(self, active: list[_Request], *, greedy: bool, commit: Callable[[_Request, int], None]) -> None:
+    def step(
+        self, active: list[_Request], *, greedy: bool, commit: Callable[[_Request, int], None],
+        agreed_rows: int | None = None,
+    ) -> None:
         """One verify + draft step for ``active`` (sorted by slot).
 
         Each request's accepted drafts and bonus token go to ``commit`` one by
         one until it is done; the requests still going get their next drafts.
+        ``agreed_rows`` (with ``sync_ranks``: the step's agreed target rows)
+        makes the step's calls the same on every rank: the draft follows the
+        agreed decision, every substep runs even with no request going on, and
+        a rank with no requests replays padding rows only, its seeds put back.
         """
+        if agreed_rows is not None and not active:
+            seeds = self.lm.registry.buffers.infer_seed.clone()
+            try:
+                self._step(active, greedy=greedy, commit=commit, agreed_rows=agreed_rows)
+            finally:
+                self.lm.registry.buffers.write("infer_seed", seeds)
+            return
+        self._step(active, greedy=greedy, commit=commit, agreed_rows=agreed_rows)
+
+    def _step(
+        self, active: list[_Request], *, greedy: bool, commit: Callable[[_Request, int], None],
+        agreed_rows: int | None,
+    ) -> None:
         bufs = self.lm.registry.buffers
         rows = [SlotRows(slot=r.slot, tokens=(r.generated[-1], *r.drafts), start=r.length) for r in active]
         layout = write_step_inputs(bufs, rows, max_batch=self.lm.max_batch + 1, prefix=PREFIX)
@@ -168,8 +188,13 @@ class SpeculativeDecoder:
                   "slot_ids": bufs[f"{PREFIX}batch_id_per_token_output"][:count]}
         replays = getattr(self.target, "graph_calls", 0)
         outputs = self.target(**staged, greedy=greedy)
-        # The draft follows what served the target this step, never a decision of its own.
-        graphed = getattr(self.target, "graph_calls", 0) > replays
+        # The draft follows the target's decision, never one of its own: what served
+        # the target here, or with several ranks what the step agreed (the same everywhere).
+        if agreed_rows is None:
+            graphed = getattr(self.target, "graph_calls", 0) > replays
+        else:
+            buckets = getattr(self.target, "buckets", None)
+            graphed = bool(self.lm.config.use_graph) and buckets is not None and agreed_rows <= buckets.largest
         sampled = outputs[0].numpy()
         bonus_rows = []
         for request in active:
@@ -191,11 +216,16 @@ class SpeculativeDecoder:
         # them first.
         drafted = first(token_ids=outputs[0], positions=staged["positions"], slot_ids=staged["slot_ids"], **hidden)
         going = [index for index, request in enumerate(active) if not request.done]
-        if not going:
+        if not going and agreed_rows is None:
             return
-        picks = paddle.to_tensor([bonus_rows[index] for index in going], dtype="int64")
-        proposals = paddle.gather(drafted[0], picks).numpy().tolist()
-        states = paddle.gather(drafted[1], picks) if len(drafted) > 1 else None
+        if going:
+            picks = paddle.to_tensor([bonus_rows[index] for index in going], dtype="int64")
+            proposals = paddle.gather(drafted[0], picks).numpy().tolist()
+            states = paddle.gather(drafted[1], picks) if len(drafted) > 1 else None
+        else:
+            # No request goes on here, but another rank's do: the substeps run on padding rows only.
+            proposals = []
+            states = paddle.zeros([0, drafted[1].shape[-1]], dtype=drafted[1].dtype) if len(drafted) > 1 else None
         requests = [active[index] for index in going]
         for request, drafts in zip(requests, self._chain(requests, proposals, states, graphed=graphed)):
             request.drafts = drafts
