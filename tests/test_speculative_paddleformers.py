@@ -201,3 +201,16 @@ def test_bad_speculative_input_is_refused_at_construction_with_the_fix(models):
     lm = build(models["target"], 2, models["copy"])
     with pytest.raises(ConfigError, match=r"k\+1=3 for the drafts"):
         lm.generate([[1] * 20], MAX_LEN - 22)
+
+
+@pytest.mark.parametrize("kind", ["copy", "mtp2"])
+def test_capture_all_captures_every_graph_up_front_and_generation_then_only_replays(models, kind):
+    lm, family = _lm(models, kind, k=3, use_graph=True, backend="eager")
+    seeds = lm.registry.buffers.infer_seed.numpy().copy()
+    captured = lm.capture_all()
+    # target: buckets (4, 8) greedy and sampled; draft: (4, 8); draft_next: (1, 2) for the one layer the
+    # substeps use (a draft model's; with 2 MTP layers, layer 1 for drafts 2 and 3: layer 0 is step 0's).
+    assert captured == lm.stats()["captures"] == 2 * 2 + 2 + 2
+    assert np.array_equal(lm.registry.buffers.infer_seed.numpy(), seeds)  # put back
+    assert lm.generate(PROMPTS, MAX_NEW) == models["want"][family]
+    assert lm.stats()["captures"] == captured and lm.stats()["eager_fallbacks"] == 0

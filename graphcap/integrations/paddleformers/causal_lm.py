@@ -287,10 +287,13 @@ class GraphedCausalLM:
         """Capture every decode bucket up front with dummy rows in the scratch slot; returns graphs captured.
 
         The dummies write only the scratch slot, so requests in flight keep
-        their caches. Both greedy and sampled steps are captured.
+        their caches. Both greedy and sampled steps are captured. With a
+        draft, the speculative graphs (target, draft, draft_next) instead.
         """
         if not self.config.use_graph:
             return 0
+        if self.speculative is not None:
+            return self.speculative.capture_all()
         bufs = self.registry.buffers
 
         def dummy(rows: int, greedy: bool) -> dict[str, Any]:

@@ -253,6 +253,46 @@ class SpeculativeDecoder:
                 proposal.append(token)
         return drafts
 
+    def capture_all(self) -> int:
+        """Capture every bucket of the three graphs up front, greedy and sampled; returns graphs captured.
+
+        The dummy rows are all padding (slot -1, so the scratch slot; position
+        0; no slot has rows, so the sampler samples none of them): they write
+        only the scratch slot of each cache. ``infer_seed``, which every
+        sampler run advances, is put back afterwards.
+        """
+        bufs = self.lm.registry.buffers
+        seeds = bufs.infer_seed.clone()
+        hidden_size = self.lm.model.config.hidden_size
+
+        def rows_of(rows: int) -> dict[str, Any]:
+            write_step_inputs(bufs, [], max_batch=self.lm.max_batch + 1, prefix=PREFIX)  # every row padding
+            return {"token_ids": bufs[f"{PREFIX}input_ids"][:rows], "positions": bufs[f"{PREFIX}positions"][:rows],
+                    "slot_ids": bufs[f"{PREFIX}batch_id_per_token_output"][:rows]}
+
+        def drafted(rows: int, **extra: Any) -> dict[str, Any]:
+            # At run time the draft's inputs are the target graph's outputs: fresh tensors, not buffer views.
+            batch = {**rows_of(rows), "token_ids": paddle.zeros([rows], dtype="int64"), **extra}
+            if self.draft.needs_hidden:
+                batch["hidden"] = paddle.zeros([rows, hidden_size], dtype=self.lm.cache.layers[0].keys.dtype)
+            return batch
+
+        def substep(rows: int, layer: int) -> dict[str, Any]:
+            return {**drafted(rows, layer=layer), "slot_ids": paddle.full([rows], -1, dtype="int32"),
+                    "positions": paddle.zeros([rows], dtype="int64")}
+
+        captured = 0
+        try:
+            for greedy in (True, False):
+                captured += self.target.capture_all(lambda rows, g=greedy: {**rows_of(rows), "greedy": g})
+            if getattr(self.draft_first, "enabled", False):  # draft graphs on
+                captured += self.draft_first.capture_all(drafted)
+                for layer in sorted({self.draft.layer_for(step) for step in range(1, self.k)}):
+                    captured += self.draft_next.capture_all(lambda rows, n=layer: substep(rows, n))
+        finally:
+            bufs.write("infer_seed", seeds)
+        return captured
+
     def stats(self) -> dict[str, Any]:
         """``acceptance_rate``, ``proposed_drafts`` and ``accepted_drafts`` so far."""
         rate = self._accepted / self._proposed if self._proposed else None
