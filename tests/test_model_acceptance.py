@@ -260,6 +260,12 @@ def test_deepseek_v3s_latent_attention_is_refused_up_front(monkeypatch):
     for check_model in (True, False):  # a static refusal: it never reaches the cache, checked or not
         with pytest.raises(ConfigError, match=message):
             graphed(model, check_model=check_model)
+    # Its MTP layer (appended to model.layers) as the draft: refused up front for the same reason.
+    from graphcap.integrations.paddleformers import GraphedCausalLM
+
+    model.config.num_nextn_predict_layers = 1
+    with pytest.raises(ConfigError, match=message):
+        GraphedCausalLM(model, GraphConfig(num_speculative_tokens=1), max_batch=2, max_len=16, draft="mtp")
 
 
 def test_a_config_without_fuse_rms_norm_is_refused_paddleformers_fuses_by_default():
