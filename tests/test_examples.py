@@ -55,3 +55,11 @@ def test_paddleformers_example_gives_the_same_tokens_with_graphs_off_and_on():
     out = run_example("paddleformers_decode.py")
     assert "identical: True" in out
     assert "fallbacks=[]" in out and "replays=14" in out
+
+
+def test_speculative_example_equals_plain_decoding_for_both_draft_kinds():
+    paddleformers_transformers()
+    lines = [line for line in run_example("speculative_decode.py").splitlines() if "identical" in line]
+    assert len(lines) == 2 and all("identical to plain decoding: True" in line for line in lines)
+    assert lines[0].startswith("ernie-4.5 draft='mtp'") and "coverage 1.00" in lines[0]
+    assert lines[1].startswith("llama draft=<copy>") and "acceptance 1.00" in lines[1]
