@@ -51,3 +51,15 @@ def tiny_llama() -> Any:
     from graphcap.integrations.paddleformers.tiny import tiny_llama as build
 
     return build(seed=0, scale=1.0, **TEST_LLAMA)
+
+
+def full_recompute_greedy(model: Any, prompt: list[int], steps: int) -> list[int]:
+    """The model's own greedy decode: the whole sequence recomputed every step, no cache."""
+    import paddle
+
+    sequence = list(prompt)
+    with paddle.no_grad():
+        for _ in range(steps):
+            logits = model(input_ids=paddle.to_tensor([sequence]), use_cache=False, return_dict=True).logits
+            sequence.append(int(paddle.argmax(logits[0, -1]).numpy()))
+    return sequence[len(prompt):]

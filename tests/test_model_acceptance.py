@@ -17,7 +17,7 @@ import types
 import numpy as np
 import paddle
 import pytest
-from conftest import TEST_LLAMA, paddleformers_transformers
+from conftest import TEST_LLAMA, full_recompute_greedy, paddleformers_transformers
 
 from graphcap import ConfigError, GraphConfig
 
@@ -38,15 +38,6 @@ def graphed(model, *, use_graph=False, max_batch=4, max_len=16, **options):
 
     config = GraphConfig(use_graph=use_graph, backend="eager", capture_sizes=(1, 2, 4))
     return GraphedCausalLM(model, config, max_batch=max_batch, max_len=max_len, **options)
-
-
-def full_recompute_greedy(model, prompt, steps):
-    """The model's own greedy decode: the whole sequence recomputed every step, no cache."""
-    sequence = list(prompt)
-    for _ in range(steps):
-        logits = model(input_ids=paddle.to_tensor([sequence]), use_cache=False, return_dict=True).logits
-        sequence.append(int(paddle.argmax(logits[0, -1]).numpy()))
-    return sequence[len(prompt):]
 
 
 def last_logits(model, batch):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import paddle
 import pytest
-from conftest import TEST_LLAMA, paddleformers_transformers, tiny_llama_config
+from conftest import TEST_LLAMA, full_recompute_greedy, paddleformers_transformers, tiny_llama_config
 
 from graphcap import AddressStabilityError, ConfigError, GraphConfig
 
@@ -35,15 +35,6 @@ def graphed(llama, *, use_graph=True, backend="eager", max_batch=4, max_len=16, 
 
     config = GraphConfig(use_graph=use_graph, backend=backend, capture_sizes=(1, 2, 4), **options)
     return GraphedCausalLM(llama, config, max_batch=max_batch, max_len=max_len)
-
-
-def full_recompute_greedy(model, prompt, steps):
-    """The model's own greedy decode: the whole sequence recomputed every step, no cache."""
-    sequence = list(prompt)
-    for _ in range(steps):
-        logits = model(input_ids=paddle.to_tensor([sequence]), use_cache=False, return_dict=True).logits
-        sequence.append(int(paddle.argmax(logits[0, -1]).numpy()))
-    return sequence[len(prompt):]
 
 
 @pytest.fixture(scope="module")

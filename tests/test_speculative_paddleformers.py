@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import paddle
 import pytest
-from conftest import paddleformers_transformers
+from conftest import full_recompute_greedy, paddleformers_transformers
 
 from graphcap import ConfigError, GraphConfig
 
@@ -61,18 +61,6 @@ def _ernie_mtp(layers: int = 1) -> paddle.nn.Layer:
     return _scaled(transformers.Ernie4_5_MoeForCausalLM(config))
 
 
-def _recompute(model: paddle.nn.Layer, prompt: list[int], steps: int) -> list[int]:
-    """The target's own greedy decoding: the whole sequence re-run for every token, no cache."""
-    sequence, out = list(prompt), []
-    with paddle.no_grad():
-        for _ in range(steps):
-            logits = model(input_ids=paddle.to_tensor([sequence]), use_cache=False, return_dict=True).logits
-            token = int(paddle.argmax(logits[0, -1]).numpy())
-            sequence.append(token)
-            out.append(token)
-    return out
-
-
 @pytest.fixture(scope="module")
 def models():
     target = _llama()
@@ -84,7 +72,7 @@ def models():
         "smaller": _llama(seed=1, layers=1),
         "ernie": ernie,
         "ernie2": _ernie_mtp(layers=2),
-        "want": {name: [_recompute(model, prompt, MAX_NEW) for prompt in PROMPTS]
+        "want": {name: [full_recompute_greedy(model, prompt, MAX_NEW) for prompt in PROMPTS]
                  for name, model in (("llama", target), ("ernie", ernie))},
     }
 
