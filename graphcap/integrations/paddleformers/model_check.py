@@ -34,6 +34,7 @@ import numpy as np
 import paddle
 
 from graphcap.errors import ConfigError
+from graphcap.trust import tolerance
 
 if TYPE_CHECKING:
     from graphcap.integrations.paddleformers.causal_lm import GraphedCausalLM
@@ -51,21 +52,18 @@ DECODE_STEPS = 3
 #: The prompts' token ids are drawn with this numpy seed, so every run checks the same sequences.
 PROMPT_SEED = 0
 
-# Relative tolerance of the cache comparison by compute dtype: |diff| <= rel *
-# max(1, max|logits|). The two paths differ in row count (2 rows against 1)
-# and in sequence length (one cached position against the whole sequence), so
-# their reductions round differently and bitwise equality is not possible.
-# float32 is measured: the tiny Llama at scale 4 and 16 differs by about 1e-6
-# of its largest logit, a broken cache by 1e-2 and more. The half types are
-# scaled from their machine epsilon (8 eps) and untested on CPU (no half matmul).
-_RELATIVE_TOLERANCE = {"float64": 1e-9, "float32": 1e-4, "float16": 8e-3, "bfloat16": 6e-2}
-
-
 def logits_tolerance(dtype: Any, logits: np.ndarray) -> float:
-    """The cache check's absolute tolerance for ``logits`` computed in ``dtype``: ``rel * max(1, max|logits|)``."""
+    """The cache check's absolute tolerance for ``logits`` computed in ``dtype``: ``tolerance.bound``.
+
+    The project's one table (``graphcap.trust.tolerance.RELATIVE``) times
+    max(1, max|logits|). The cached and recomputed paths differ in row count
+    and in sequence length, so their reductions round differently and bitwise
+    equality is not possible; the tiny Llama at scale 4 and 16 differs by
+    about 1e-6 of its largest logit, a broken cache by 1e-2 and more. A dtype
+    outside the table is compared as float32.
+    """
     name = str(dtype).replace("paddle.", "")
-    relative = _RELATIVE_TOLERANCE.get(name, _RELATIVE_TOLERANCE["float32"])
-    return relative * max(1.0, float(np.abs(logits).max()))
+    return tolerance.bound(logits, name if name in tolerance.RELATIVE else "float32")
 
 
 @attrs.frozen
@@ -141,13 +139,13 @@ def _check_cache(lm: GraphedCausalLM, requests: list[_Request], firsts: list[int
                 want = _recompute(lm, sequences[index])
                 got = logits[row]
                 diff = float(np.abs(got.astype(np.float64) - want.astype(np.float64)).max())
-                tolerance = logits_tolerance(dtype, want)
-                if not diff <= tolerance:  # `not <=` also refuses NaN
+                allowed = logits_tolerance(dtype, want)
+                if not diff <= allowed:  # `not <=` also refuses NaN
                     raise ConfigError(
                         f"{type(lm.model).__name__} decodes differently through StaticCache than its own full "
                         f"recompute: check request {index} (a {len(requests[index].prompt)}-token prompt), decode "
                         f"step {step}, its last-position logits differ by up to {diff:.3g}, above the tolerance "
-                        f"{tolerance:.3g} (1e-4 x max(1, max|logits|) in float32); its attention must write and "
+                        f"{allowed:.3g} (1e-4 x max(1, max|logits|) in float32); its attention must write and "
                         f"read past_key_values at the given position_ids and honour the 4-D attention_mask as its "
                         f"no-cache forward does (check_model=False skips this check, for debugging only)"
                     )
