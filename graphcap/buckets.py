@@ -14,7 +14,7 @@ import attrs
 from graphcap.capture_sizes import fastdeploy_sizes
 from graphcap.errors import ConfigError, StaticBufferError
 
-__all__ = ["BucketMap", "PaddingStats", "default_capture_sizes"]
+__all__ = ["BucketMap", "PaddingStats", "capped_sizes", "default_capture_sizes"]
 
 
 def default_capture_sizes(max_size: int, *, multiplier: int = 1) -> tuple[int, ...]:
@@ -25,6 +25,11 @@ def default_capture_sizes(max_size: int, *, multiplier: int = 1) -> tuple[int, .
     multiplied by ``multiplier`` (1+k rows per request with k draft tokens).
     """
     return fastdeploy_sizes(max_size, multiplier=multiplier)
+
+
+def capped_sizes(sizes: Iterable[int], cap: int) -> tuple[int, ...]:
+    """``sizes`` up to ``cap``, plus ``cap`` itself: the buckets of an engine that never has more than ``cap`` rows."""
+    return tuple(sorted({size for size in sizes if size <= cap} | {cap}))
 
 
 class BucketMap:

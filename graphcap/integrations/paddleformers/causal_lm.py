@@ -31,6 +31,7 @@ import attrs
 import numpy as np
 import paddle
 
+from graphcap.buckets import capped_sizes
 from graphcap.config import GraphConfig
 from graphcap.errors import ConfigError
 from graphcap.integrations.paddleformers.cache import StaticCache
@@ -112,9 +113,8 @@ class GraphedCausalLM:
         self.cache = StaticCache.for_model(model, slots=max_batch + 1, max_len=max_len)
         for name, tensor in self.cache.tensors():
             bufs.adopt(f"cache.{name}", tensor)
-        sizes = sorted({size for size in config.sizes_for(1) if size <= max_batch} | {max_batch})
         self.decode_step = self.registry.graphed("decode", batch_arg="input_ids", rows_per_request=1,
-                                                 capture_sizes=sizes)(self._step)
+                                                 capture_sizes=capped_sizes(config.sizes_for(1), max_batch))(self._step)
         self.speculative = None if draft is None else SpeculativeDecoder(
             self, _build_draft(self, draft, check_model=check_model))
         # Last: it runs the very staging, cache and step function generate() uses, and restores what it wrote.

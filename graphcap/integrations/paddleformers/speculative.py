@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import paddle
 
+from graphcap.buckets import capped_sizes
 from graphcap.integrations.paddleformers.drafts import ModelDraft, MTPDraft
 from graphcap.mtp.accept import accepted_prefix
 from graphcap.mtp.graph_specs import mtp_graph_specs
@@ -76,10 +77,9 @@ class SpeculativeDecoder:
 
     def _graphed(self, name: str, sizes: Sequence[int], rows_per_request: int, enabled: bool | None) -> Any:
         """The registry's decorator for one graph, its sizes capped at ``max_batch`` requests."""
-        cap = self.lm.max_batch * rows_per_request
-        capped = sorted({size for size in sizes if size <= cap} | {cap})
         return self.lm.registry.graphed(name, batch_arg="token_ids", rows_per_request=rows_per_request,
-                                        capture_sizes=capped, padding={"slot_ids": -1}, enabled=enabled)
+                                        capture_sizes=capped_sizes(sizes, self.lm.max_batch * rows_per_request),
+                                        padding={"slot_ids": -1}, enabled=enabled)
 
     # The captured regions --------------------------------------------------------
     def _slots(self, batch_ids: paddle.Tensor) -> paddle.Tensor:
