@@ -32,7 +32,26 @@ from graphcap.stats import RegistryStats
 
 logger = logging.getLogger("graphcap")
 
-__all__ = ["CaptureRegistry", "GraphKey", "GraphedFunction", "StepAgreement"]
+__all__ = ["CaptureRegistry", "GraphKey", "GraphedFunction", "StepAgreement", "frozen_gc"]
+
+
+@contextlib.contextmanager
+def frozen_gc(freeze: bool = True) -> Iterator[None]:
+    """Python's garbage collector collected once, then frozen and off for the block (start-up capture
+    spends much of its time in collections); ``freeze=False`` leaves it alone."""
+    if not freeze:
+        yield
+        return
+    was_enabled = gc.isenabled()
+    gc.collect()
+    gc.freeze()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+        if was_enabled:
+            gc.enable()
 
 
 class CaptureRegistry:
@@ -189,25 +208,15 @@ class CaptureRegistry:
         enabled = [fn for fn in self._functions.values() if fn.enabled]
         total = sum(len(fn.buckets.sizes) for fn in enabled)
         started = time.perf_counter()
-        was_enabled = gc.isenabled()
-        if freeze_gc:
-            gc.collect()
-            gc.freeze()
-            gc.disable()
         captured = 0
-        try:
-            with tqdm(total=total, desc="graphcap capture", unit="graph", disable=None, leave=False) as bar:
-                for graphed_fn in enabled:
-                    graphed_fn._progress = bar
-                    try:
-                        captured += graphed_fn.capture_all(examples.get(graphed_fn.name))
-                    finally:
-                        graphed_fn._progress = None
-        finally:
-            if freeze_gc:
-                gc.unfreeze()
-                if was_enabled:
-                    gc.enable()
+        with frozen_gc(freeze_gc), tqdm(total=total, desc="graphcap capture", unit="graph", disable=None,
+                                        leave=False) as bar:
+            for graphed_fn in enabled:
+                graphed_fn._progress = bar
+                try:
+                    captured += graphed_fn.capture_all(examples.get(graphed_fn.name))
+                finally:
+                    graphed_fn._progress = None
         logger.info(
             "graphcap: captured %d graphs (%s backend) in %.2f s",
             captured, self.backend.name, time.perf_counter() - started,

@@ -92,10 +92,13 @@ def test_the_engine_captures_exactly_its_graph_specs(k):
     engine = MTPEngine(config, max_batch=MAX_BATCH, bundle=load_tiny_lm(MAX_BATCH))
     graphed = [engine.target, engine.draft, engine.draft_next]
     registered = [(fn.name, fn.buckets.sizes, fn.rows_per_request) for fn in graphed if fn is not None]
-    assert registered == [(spec.name, spec.sizes, spec.rows_per_request) for spec in mtp_graph_specs(config)]
+    specs = mtp_graph_specs(config, max_batch=MAX_BATCH)
+    assert registered == [(spec.name, spec.sizes, spec.rows_per_request) for spec in specs]
     assert [name for name, _, _ in registered] == (["target"] if k == 0 else ["target", "draft", "draft_next"])
     if k == 1:
-        assert registered[2][1] == (1, 2, 3)  # 2, 4, 6 verify rows are 1, 2, 3 requests of one row each
+        # 2, 4, 6 verify rows are 1, 2, 3 requests of one row each; MAX_BATCH=4 requests caps both lists.
+        assert registered[0][1] == (2, 4, 6, 8)
+        assert registered[2][1] == (1, 2, 3, 4)
 
 
 def test_greedy_decoding_is_identical_too():

@@ -153,7 +153,7 @@ def test_the_mtp_layer_writes_its_own_cache_and_leaves_no_hook_on_the_model(mode
     before = [tensor.numpy().copy() for _, tensor in lm.cache.tensors()]
     lm.generate(PROMPTS, MAX_NEW)
     assert len(lm.cache.layers) == 2  # the target's layers only
-    draft_cache = lm.speculative.draft.cache
+    draft_cache = lm.speculative.pair.draft_model.cache
     assert len(draft_cache.layers) == 1 and all(np.abs(t.numpy()).max() > 0 for _, t in draft_cache.tensors())
     assert any(not np.array_equal(b, t.numpy()) for b, (_, t) in zip(before, lm.cache.tensors()))
     assert not models["ernie"].model.norm._forward_pre_hooks
@@ -161,8 +161,25 @@ def test_the_mtp_layer_writes_its_own_cache_and_leaves_no_hook_on_the_model(mode
 
 def test_two_mtp_layers_chain_the_last_one_beyond_their_number(models):
     lm, _ = _lm(models, "mtp2", k=3, use_graph=False)
-    draft = lm.speculative.draft
+    draft = lm.speculative.pair.draft_model
     assert [draft.layer_for(substep) for substep in range(4)] == [0, 1, 1, 1]
+
+
+def test_the_paddleformers_path_and_the_mtp_engine_run_one_speculative_step(models):
+    # One engine for any target: GraphedCausalLM and MTPEngine both step through SpeculativeStep,
+    # with the graphs (names, capped sizes, rows per request) mtp_graph_specs gives for their slots.
+    from graphcap.models.tiny_lm import load_tiny_lm
+    from graphcap.mtp import MTPEngine, SpeculativeStep, mtp_graph_specs
+
+    config = GraphConfig(num_speculative_tokens=2, use_graph=True, backend="eager")
+    lm, _ = _lm(models, "copy", k=2, use_graph=True, backend="eager")
+    engine = MTPEngine(config, max_batch=2, bundle=load_tiny_lm(2))
+    for step in (lm.speculative, engine.step):
+        assert type(step) is SpeculativeStep
+        graphed = [step.target, step.draft_first, step.draft_next]
+        assert [(fn.name, fn.buckets.sizes, fn.rows_per_request) for fn in graphed] == [
+            (spec.name, spec.sizes, spec.rows_per_request) for spec in mtp_graph_specs(config, max_batch=2)]
+    assert type(lm.speculative.pair).__name__ == "PaddleFormersPair" and type(engine.step.pair).__name__ == "TinyLMPair"
 
 
 def test_bad_speculative_input_is_refused_at_construction_with_the_fix(models):

@@ -1,17 +1,22 @@
-"""The MTP engine's graphs and their size rules, in one place.
+"""The speculative step's graphs and their size rules, in one place.
 
-``MTPEngine`` registers exactly these graphs, and ``python -m graphcap plan``
-plans exactly these, so the plan cannot drift from what the engine captures.
+``SpeculativeStep`` (so ``MTPEngine`` and a speculative ``GraphedCausalLM``)
+registers exactly these graphs, and ``python -m graphcap plan`` plans exactly
+these, so the plan cannot drift from what an engine captures.
 """
 
 from __future__ import annotations
 
+from graphcap.buckets import capped_sizes
 from graphcap.capture_plan import GraphSpec
 from graphcap.config import GraphConfig
 
 
-def mtp_graph_specs(config: GraphConfig) -> list[GraphSpec]:
-    """The graphs an ``MTPEngine`` under ``config`` captures, with their capture sizes in rows.
+def mtp_graph_specs(config: GraphConfig, *, max_batch: int | None = None) -> list[GraphSpec]:
+    """The graphs a speculative engine under ``config`` captures, with their capture sizes in rows.
+
+    With ``max_batch`` (the engine's slots), each graph's sizes are capped at
+    ``max_batch`` requests (``buckets.capped_sizes``), as the engine registers them.
 
     * ``target``, the verify step: 1+k rows per request (the last committed
       token and k drafts), sized by ``config.target_capture_sizes``;
@@ -19,11 +24,15 @@ def mtp_graph_specs(config: GraphConfig) -> list[GraphSpec]:
     * with k > 0, ``draft_next``, the head's later substeps: one row per
       request, so the same request counts as the target's, in rows of one.
     """
-    verify_sizes, verify_rows = config.target_capture_sizes, config.rows_per_request
-    specs = [GraphSpec(name="target", sizes=verify_sizes, rows_per_request=verify_rows)]
+    def sizes(rows_per_request: int) -> tuple[int, ...]:
+        listed = config.sizes_for(rows_per_request)
+        return listed if max_batch is None else capped_sizes(listed, max_batch * rows_per_request)
+
+    verify_rows = config.rows_per_request
+    specs = [GraphSpec(name="target", sizes=sizes(verify_rows), rows_per_request=verify_rows)]
     if config.num_speculative_tokens:
         specs += [
-            GraphSpec(name="draft", sizes=verify_sizes, rows_per_request=verify_rows),
-            GraphSpec(name="draft_next", sizes=config.sizes_for(1), rows_per_request=1),
+            GraphSpec(name="draft", sizes=sizes(verify_rows), rows_per_request=verify_rows),
+            GraphSpec(name="draft_next", sizes=sizes(1), rows_per_request=1),
         ]
     return specs

@@ -43,7 +43,8 @@ from graphcap.integrations.paddleformers.drafts import (
     mtp_layer_count,
 )
 from graphcap.integrations.paddleformers.model_check import check_decoding
-from graphcap.integrations.paddleformers.speculative import SpeculativeDecoder
+from graphcap.integrations.paddleformers.speculative import PaddleFormersPair, prefill_with_draft
+from graphcap.mtp.speculative_step import SpeculativeStep
 from graphcap.ops.sampler import sample_plain
 from graphcap.ops.sampling_params import MAX_INFER_SEED
 from graphcap.registry import CaptureRegistry
@@ -66,6 +67,10 @@ class _Request:
     generated: list[int] = attrs.Factory(list)
     done: bool = False
     drafts: list[int] = attrs.Factory(list)  # speculative decoding: the next step's k drafts
+
+    @property
+    def last_token(self) -> int:
+        return self.generated[-1]
 
 
 class GraphedCausalLM:
@@ -115,11 +120,22 @@ class GraphedCausalLM:
             bufs.adopt(f"cache.{name}", tensor)
         self.decode_step = self.registry.graphed("decode", batch_arg="input_ids", rows_per_request=1,
                                                  capture_sizes=capped_sizes(config.sizes_for(1), max_batch))(self._step)
-        self.speculative = None if draft is None else SpeculativeDecoder(
-            self, _build_draft(self, draft, check_model=check_model))
+        self.speculative = None if draft is None else self._speculative_step(
+            _build_draft(self, draft, check_model=check_model))
         # Last: it runs the very staging, cache and step function generate() uses, and restores what it wrote.
         if check_model:
             check_decoding(self)
+
+    def _speculative_step(self, draft: MTPDraft | ModelDraft) -> SpeculativeStep:
+        """graphcap's speculative step over this model and ``draft``, its buffers named ``spec_*``."""
+        for name, tensor in draft.cache.tensors():
+            self.registry.buffers.adopt(f"draft_cache.{name}", tensor)
+        # Slots include the scratch slot, so the sampler's per-slot arrays are
+        # whole buffers ([max_batch + 1]), never views (to_static refuses an
+        # in-place write into a view); the scratch slot never has rows.
+        k = self.config.num_speculative_tokens
+        return SpeculativeStep(self.registry, PaddleFormersPair(self, draft), max_batch=self.max_batch,
+                               slots=self.max_batch + 1, max_rows=self.max_batch * (1 + k), prefix="spec_")
 
     # The captured region -------------------------------------------------------
     def _step(
@@ -240,7 +256,7 @@ class GraphedCausalLM:
                 if sampled:
                     self._seed_slot(slot, (base_seed + request.index * _SEED_STRIDE) % MAX_INFER_SEED)
                 if self.speculative is not None:
-                    first = self.speculative.prefill(request, greedy=not sampled)
+                    first = prefill_with_draft(self, self.speculative, request, greedy=not sampled)
                 else:
                     first = self.prefill(slot, request.prompt, greedy=not sampled)
                 request.length = len(request.prompt)
@@ -268,10 +284,12 @@ class GraphedCausalLM:
                      agreed_rows: int | None) -> None:
         """One decode step of ``rows`` (sorted by slot; empty on an idle rank in lockstep), committed."""
         def commit(request: _Request, token: int) -> None:
+            # The token before this one is now in the cache.
+            request.length += 1
             self._commit(request, token, max_new_tokens, eos_token_id)
 
         if self.speculative is not None:
-            self.speculative.step(rows, greedy=not sampled, commit=commit, agreed_rows=agreed_rows)
+            self.speculative.run(rows, greedy=not sampled, commit=commit, agreed_rows=agreed_rows)
             return
         seeds = self.registry.buffers.infer_seed.clone() if not rows else None
         tokens = self.decode([r.slot for r in rows], [r.generated[-1] for r in rows], [r.length for r in rows],
@@ -280,7 +298,6 @@ class GraphedCausalLM:
             # An idle rank's padding rows advanced the scratch slot's seed; its own stay as they were.
             self.registry.buffers.write("infer_seed", seeds)
         for request, token in zip(rows, tokens):
-            request.length += 1
             commit(request, token)
 
     def capture_all(self) -> int:
@@ -317,7 +334,7 @@ class GraphedCausalLM:
         """
         stats = self.registry.stats()
         if self.speculative is not None:
-            stats.update(self.speculative.stats())
+            stats.update(self.speculative.acceptance())
         return stats
 
     # Host bookkeeping -------------------------------------------------------------
