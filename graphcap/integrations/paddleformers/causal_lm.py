@@ -418,8 +418,9 @@ def _check_model(model: paddle.nn.Layer, *, max_batch: int, max_len: int) -> Non
             f"{type(model).__name__} uses multi-head latent attention, whose key head dim "
             f"qk_nope_head_dim + qk_rope_head_dim = {key_dim} and value head dim v_head_dim = {config.v_head_dim} "
             f"are separate (and whose cache update takes [batch, seq, heads, dim] states), but StaticCache holds "
-            f"one head dim in [batch, heads, seq, dim]; this model is not supported yet, serve it without "
-            f"GraphedCausalLM"
+            f"one head dim in [batch, heads, seq, dim]; and PaddleFormers' DeepseekV3 rotary embedding fails on a "
+            f"one-position forward, which every decode step is; this model is not supported yet, serve it "
+            f"without GraphedCausalLM"
         )
     if model.training:
         raise ConfigError(f"{type(model).__name__} is in training mode (dropout); call model.eval() first")
