@@ -88,6 +88,9 @@ class StaticBuffers:
         # Bumped whenever the name -> tensor mapping changes, so a replay can
         # tell in O(1) that nothing was rebound since capture.
         object.__setattr__(self, "_generation", 0)
+        # name -> n: the buffer's rows [n:] hold its padding rule, as write() or stage() left them
+        # (GraphedFunction.replay skips padding such a buffer again for a batch of n rows).
+        object.__setattr__(self, "_padded_from", {})
 
     # Declaration ---------------------------------------------------------
     def declare(
@@ -207,6 +210,7 @@ class StaticBuffers:
             buf[:count] = value.clone()  # a strided view of this very buffer: copy before overwriting it
         if count < capacity and spec.pad != "keep":
             self._pad(buf, spec, count)
+        self._padded_from[name] = count
 
     def stage(self, name: str, value: paddle.Tensor, rows: int, end: int) -> None:
         """Copy ``value`` (``rows`` rows) into buffer ``name`` in place and pad rows ``[rows:end]``.
@@ -228,6 +232,20 @@ class StaticBuffers:
             buf[:rows] = value.clone()  # a strided view of this very buffer: copy before overwriting it
         if rows < end and spec.pad != "keep":
             self._pad(buf, spec, rows, end)
+        if end >= capacity:
+            self._padded_from[name] = rows
+        else:
+            self._padded_from.pop(name, None)
+
+    def padded_from(self, name: str) -> int | None:
+        """``n`` when rows ``[n:]`` of ``name`` hold its padding rule as the last ``write``/``stage`` left them.
+
+        None when no write padded the whole buffer. A write in place by hand
+        (``bufs.name[:m] = x``) is not seen: the number then is the last
+        ``write``'s, so write buffers that ``GraphedFunction.replay`` reads
+        with ``write``.
+        """
+        return self._padded_from.get(name)
 
     @staticmethod
     def _reject(spec: BufferSpec, value: paddle.Tensor, shape: list[int]) -> None:

@@ -33,7 +33,7 @@ from graphcap.agreement import EAGER, MISSING, READY, RankAgreement, StepAgreeme
 from graphcap.backends import Backend
 from graphcap.binding import CallBinder
 from graphcap.buckets import BucketMap, PaddingStats
-from graphcap.buffers import StaticBuffers
+from graphcap.buffers import StaticBuffers, pad_rows
 from graphcap.config import GraphConfig
 from graphcap.dispatch import Dispatcher, GraphKey, leaf_is_batched, path_root
 from graphcap.errors import AddressStabilityError, CaptureError
@@ -135,6 +135,10 @@ class GraphedFunction:
         self.graph_calls = 0
         self.eager_calls = 0
         self._coverage_warned = False
+        self._registry_buffers = buffers
+        # Non-tensor arguments (sorted items) -> the in-place call replay(rows) rebuilds: learned at
+        # capture from calls whose every tensor argument is a prefix view of a registry buffer.
+        self._in_place: dict[tuple[tuple[str, Any], ...], InPlaceCall] = {}
 
     # Call path -------------------------------------------------------------
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -159,6 +163,90 @@ class GraphedFunction:
         if entry.failure is not None:
             return self._eager(bound, rows, key.bucket, entry.failure, entry)
         return self._replay(entry, bound, decision.leaves, rows)
+
+    def replay(self, rows: int, **static: Any) -> Any:
+        """Replay the graph for the first ``rows`` rows of the registry buffers the function reads in place.
+
+        For engines that write their inputs into registry buffers themselves
+        (with ``StaticBuffers.write``): no arguments are bound, classified or
+        staged. ``static`` are the call's non-tensor arguments (``greedy=True``),
+        naming which of its graphs. The bucket is looked up, buffers whose
+        last ``write`` had other than ``rows`` rows are padded by rule, the
+        replay checks run on their interval, and the outputs come back cut to
+        ``rows``. Wherever the decorated call would not simply replay (no
+        graph yet for the bucket, an eager fallback, lockstep with other
+        ranks, a shadow check due, a failed check, zero rows or more than the
+        largest bucket), this *is* the decorated call, over the same buffers'
+        prefix views, with its reasons and counts.
+
+        Needs one earlier capture of a call with the same ``static`` whose
+        tensor arguments were all registry buffer prefix views (a decorated
+        call or ``capture_all``). Raises ``CaptureError`` without one, and for
+        ``rows`` below 0 or above the buffers' capacity.
+        """
+        call = self._in_place.get(tuple(sorted(static.items())) if static else ())
+        if call is None:
+            raise CaptureError(
+                f"{self.name}.replay({rows}{''.join(f', {k}={v!r}' for k, v in static.items())}): no captured call "
+                f"with these non-tensor arguments read registry buffers in place; call {self.name} once with "
+                f"prefix views of registry buffers as its tensor arguments (or capture_all), then replay"
+            )
+        if isinstance(rows, bool) or not isinstance(rows, int) or not 0 <= rows <= call.capacity:
+            raise CaptureError(
+                f"{self.name}.replay(rows={rows!r}): rows must be an int in 0..{call.capacity}, the capacity of its "
+                f"input buffers ({', '.join(call.sources.values())})"
+            )
+        bucket = self.buckets.bucket(rows)
+        entry = call.entries.get(bucket)  # type: ignore[arg-type]
+        if (
+            entry is None or entry.failure is not None or self._agreement is not None or not self.enabled
+            or (entry.padded_failure is not None and rows != bucket)
+            or in_production.is_due(self._config.shadow_check_interval, entry.replays + 1)
+        ):
+            return self(**call.arguments(rows))
+        buffers = self._registry_buffers
+        for name, buf, pad, pad_value, capacity in call.pads:
+            if rows < capacity and buffers.padded_from(name) != rows:
+                pad_rows(buf, pad, pad_value, rows, capacity)
+        if self._config.debug_checks and entry.check(call.leaves) is not None:  # type: ignore[misc]
+            # The decorated call checks again and raises, recaptures or runs eagerly, per policy.
+            return self(**call.arguments(rows))
+        entry.graph.replay()  # type: ignore[union-attr]
+        entry.replays += 1
+        self._stats.count("replays")
+        self.padding.record(rows, bucket)  # type: ignore[arg-type]
+        outputs = entry.outputs
+        if rows != bucket:
+            outputs = [out[:rows] if cut else out for out, cut in zip(outputs, entry.sliced)]
+        self._served(graph=True)
+        return entry.tree.rebuild(outputs)  # type: ignore[union-attr]
+
+    def can_replay(self, **static: Any) -> bool:
+        """Whether ``replay(rows, **static)`` has a learned in-place call (else call the function once)."""
+        return (tuple(sorted(static.items())) if static else ()) in self._in_place
+
+    def _learn_in_place(self, bound: dict[str, Any], key: GraphKey, entry: GraphEntry) -> None:
+        """Remember ``bound`` for ``replay(rows)`` when its every tensor argument is a registry buffer's prefix."""
+        sources = [layout[3] for layout in key.layout if leaf_is_batched(layout)]
+        if len(sources) != len(key.layout) or not all(sources):
+            return  # a static tensor or a staged (copied) input: replay(rows) cannot rebuild this call
+        tensors = {name: value for name, value in bound.items() if isinstance(value, paddle.Tensor)}
+        others = {name: value for name, value in bound.items() if name not in tensors}
+        if len(tensors) != len(sources) or not all(
+            isinstance(value, (int, float, str, bool, type(None))) for value in others.values()
+        ):
+            return  # tensors inside containers, or objects as arguments: not a flat in-place call
+        buffers = self._registry_buffers
+        by_address = {buffers[name].data_ptr(): name for name in set(sources)}
+        names = {arg: by_address.get(value.data_ptr()) for arg, value in tensors.items()}
+        if None in names.values():
+            return
+        static_key = tuple(sorted(others.items()))
+        call = self._in_place.get(static_key)
+        if call is None or call.sources != names:
+            call = InPlaceCall(names, others, list(tensors.values()), buffers)
+            self._in_place[static_key] = call
+        call.entries[key.bucket] = entry
 
     def _lookup(self, key: GraphKey) -> GraphEntry | None:
         try:
@@ -360,6 +448,7 @@ class GraphedFunction:
         self._last_call = bound
         entry = self._runner.capture(key, bound, leaves, rows, self._dispatcher.paths(key.tree))
         self._entries[key] = entry
+        self._learn_in_place(bound, key, entry)
         return entry
 
     def _on_problem(
@@ -456,6 +545,7 @@ class GraphedFunction:
         self._last_call = None
         self._overflow.clear()
         self._dispatcher.clear()
+        self._in_place.clear()
 
     @property
     def output_bytes(self) -> int:
@@ -466,6 +556,35 @@ class GraphedFunction:
     def graphs(self) -> int:
         """Live captured graphs of this function."""
         return sum(1 for entry in self._entries.values() if entry.failure is None)
+
+
+class InPlaceCall:
+    """A call ``replay(rows)`` rebuilds: each tensor argument the prefix of a registry buffer, the rest as given.
+
+    ``leaves`` (the captured call's tensors) feed the replay checks, whose
+    identity tier looks only at static tensors, of which this call has none.
+    ``entries`` maps a bucket to the graph captured for this call there.
+    """
+
+    __slots__ = ("sources", "statics", "leaves", "buffers", "entries", "pads", "capacity")
+
+    def __init__(self, sources: dict[str, str], statics: dict[str, Any], leaves: list[paddle.Tensor],
+                 buffers: StaticBuffers) -> None:
+        """``sources`` maps argument names to registry buffer names; ``statics`` are the other arguments."""
+        self.sources = sources
+        self.statics = statics
+        self.leaves = leaves
+        self.buffers = buffers
+        self.entries: dict[int, GraphEntry] = {}
+        specs = {name: buffers.spec(name) for name in set(sources.values())}
+        # (buffer name, tensor, rule, value, capacity) of each buffer whose rule pads.
+        self.pads = tuple((name, buffers[name], spec.pad, spec.pad_value, spec.capacity)
+                          for name, spec in specs.items() if spec.pad != "keep")
+        self.capacity = min(spec.capacity for spec in specs.values())
+
+    def arguments(self, rows: int) -> dict[str, Any]:
+        """The call over the first ``rows`` rows: prefix views of the buffers, and the other arguments."""
+        return {**{arg: self.buffers[name][:rows] for arg, name in self.sources.items()}, **self.statics}
 
 
 def refuse_unbound_method(fn: Callable[..., Any]) -> None:

@@ -209,7 +209,12 @@ class SpeculativeStep:
         layout = write_step_inputs(self.registry.buffers, rows, max_batch=self.slots, prefix=self.prefix)
         staged = self._staged(layout.rows)
         replays = getattr(self.target, "graph_calls", 0)
-        outputs = self.target(**staged, greedy=greedy)
+        # The buffers were just written in place, so once a graph exists replay(rows) serves
+        # the call without binding or classifying it (and is the decorated call where it must be).
+        if getattr(self.target, "can_replay", None) is not None and self.target.can_replay(greedy=greedy):
+            outputs = self.target.replay(layout.rows, greedy=greedy)
+        else:
+            outputs = self.target(**staged, greedy=greedy)
         # The draft follows the target's decision, never one of its own: what served
         # the target here, or with several ranks what the step agreed (the same everywhere).
         if agreed_rows is None:

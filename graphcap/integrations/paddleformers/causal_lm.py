@@ -204,6 +204,13 @@ class GraphedCausalLM:
         so graphcap reads them in place; they stay valid until the next
         ``stage``, which overwrites the same memory.
         """
+        rows = self._write_inputs(slots, tokens, positions)
+        bufs = self.registry.buffers
+        return {"input_ids": bufs.input_ids[:rows], "position_ids": bufs.position_ids[:rows],
+                "slot_ids": bufs.slot_ids[:rows], "attention_mask": bufs.attention_mask[:rows]}
+
+    def _write_inputs(self, slots: Sequence[int], tokens: Sequence[int], positions: Sequence[int]) -> int:
+        """Write one decode step's inputs into the registry buffers with ``write`` (padded); returns the rows."""
         rows = len(slots)
         bufs = self.registry.buffers
         bufs.write("input_ids", np.asarray(tokens, dtype=np.int64).reshape([rows, 1]))
@@ -211,13 +218,17 @@ class GraphedCausalLM:
         bufs.write("slot_ids", np.asarray(slots, dtype=np.int64))
         mask = np.arange(self.max_len)[None, :] <= np.asarray(positions)[:, None]
         bufs.write("attention_mask", mask.reshape([rows, 1, 1, self.max_len]))
-        return {"input_ids": bufs.input_ids[:rows], "position_ids": bufs.position_ids[:rows],
-                "slot_ids": bufs.slot_ids[:rows], "attention_mask": bufs.attention_mask[:rows]}
+        return rows
 
     def decode(self, slots: Sequence[int], tokens: Sequence[int], positions: Sequence[int], *,
                greedy: bool = True) -> list[int]:
         """One graphed step: ``tokens[i]`` at ``positions[i]`` of slot ``slots[i]``; returns the next tokens."""
-        next_tokens, _ = self.decode_step(**self.stage(slots, tokens, positions), greedy=greedy)
+        step = self.decode_step
+        if getattr(step, "can_replay", None) is not None and step.can_replay(greedy=greedy):
+            # The buffers are written in place: replay(rows) skips binding and classifying the call.
+            next_tokens, _ = step.replay(self._write_inputs(slots, tokens, positions), greedy=greedy)
+        else:
+            next_tokens, _ = step(**self.stage(slots, tokens, positions), greedy=greedy)
         return next_tokens.numpy().tolist()
 
     def generate(
