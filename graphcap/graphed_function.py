@@ -135,7 +135,6 @@ class GraphedFunction:
         self.graph_calls = 0
         self.eager_calls = 0
         self._coverage_warned = False
-        self._registry_buffers = buffers
         # Non-tensor arguments (sorted items) -> the in-place call replay(rows) rebuilds: learned at
         # capture from calls whose every tensor argument is a prefix view of a registry buffer.
         self._in_place: dict[tuple[tuple[str, Any], ...], InPlaceCall] = {}
@@ -184,7 +183,7 @@ class GraphedFunction:
         call or ``capture_all``). Raises ``CaptureError`` without one, and for
         ``rows`` below 0 or above the buffers' capacity.
         """
-        call = self._in_place.get(tuple(sorted(static.items())) if static else ())
+        call = self._in_place.get(_static_key(static))
         if call is None:
             raise CaptureError(
                 f"{self.name}.replay({rows}{''.join(f', {k}={v!r}' for k, v in static.items())}): no captured call "
@@ -204,26 +203,20 @@ class GraphedFunction:
             or in_production.is_due(self._config.shadow_check_interval, entry.replays + 1)
         ):
             return self(**call.arguments(rows))
-        buffers = self._registry_buffers
+        buffers = call.buffers
         for name, buf, pad, pad_value, capacity in call.pads:
             if rows < capacity and buffers.padded_from(name) != rows:
                 pad_rows(buf, pad, pad_value, rows, capacity)
         if self._config.debug_checks and entry.check(call.leaves) is not None:  # type: ignore[misc]
             # The decorated call checks again and raises, recaptures or runs eagerly, per policy.
             return self(**call.arguments(rows))
-        entry.graph.replay()  # type: ignore[union-attr]
-        entry.replays += 1
-        self._stats.count("replays")
-        self.padding.record(rows, bucket)  # type: ignore[arg-type]
-        outputs = entry.outputs
-        if rows != bucket:
-            outputs = [out[:rows] if cut else out for out, cut in zip(outputs, entry.sliced)]
+        outputs = self._launch(entry, rows)
         self._served(graph=True)
         return entry.tree.rebuild(outputs)  # type: ignore[union-attr]
 
     def can_replay(self, **static: Any) -> bool:
         """Whether ``replay(rows, **static)`` has a learned in-place call (else call the function once)."""
-        return (tuple(sorted(static.items())) if static else ()) in self._in_place
+        return _static_key(static) in self._in_place
 
     def _learn_in_place(self, bound: dict[str, Any], key: GraphKey, entry: GraphEntry) -> None:
         """Remember ``bound`` for ``replay(rows)`` when its every tensor argument is a registry buffer's prefix."""
@@ -236,12 +229,12 @@ class GraphedFunction:
             isinstance(value, (int, float, str, bool, type(None))) for value in others.values()
         ):
             return  # tensors inside containers, or objects as arguments: not a flat in-place call
-        buffers = self._registry_buffers
+        buffers = self._dispatcher.registry_buffers
         by_address = {buffers[name].data_ptr(): name for name in set(sources)}
         names = {arg: by_address.get(value.data_ptr()) for arg, value in tensors.items()}
         if None in names.values():
             return
-        static_key = tuple(sorted(others.items()))
+        static_key = _static_key(others)
         call = self._in_place.get(static_key)
         if call is None or call.sources != names:
             call = InPlaceCall(names, others, list(tensors.values()), buffers)
@@ -267,19 +260,24 @@ class GraphedFunction:
                     return self._eager(bound, rows, bucket, entry.failure)
         shadow = in_production.is_due(self._config.shadow_check_interval, entry.replays + 1)
         before = self._runner.snapshot_state() if shadow else None
-        entry.graph.replay()  # type: ignore[union-attr]
-        entry.replays += 1
-        self._stats.count("replays")
-        self.padding.record(rows, bucket)
-        outputs = entry.outputs
-        if rows != bucket:
-            outputs = [out[:rows] if cut else out for out, cut in zip(outputs, entry.sliced)]
+        outputs = self._launch(entry, rows)
         if before is not None:
             eager_result = self._shadow_check(entry, bound, outputs, before)
             if eager_result is not NO_RESULT:
                 return eager_result
         self._served(graph=True)
         return entry.tree.rebuild(outputs)  # type: ignore[union-attr]
+
+    def _launch(self, entry: GraphEntry, rows: int) -> list[paddle.Tensor]:
+        """Replay ``entry``'s graph (inputs staged, checks done), count it, and cut its outputs to ``rows``."""
+        bucket = entry.key.bucket
+        entry.graph.replay()  # type: ignore[union-attr]
+        entry.replays += 1
+        self._stats.count("replays")
+        self.padding.record(rows, bucket)
+        if rows == bucket:
+            return entry.outputs
+        return [out[:rows] if cut else out for out, cut in zip(entry.outputs, entry.sliced)]
 
     def _shadow_check(self, entry: GraphEntry, bound: dict[str, Any], outputs: list[paddle.Tensor],
                       before: Any) -> Any:
@@ -585,6 +583,25 @@ class InPlaceCall:
     def arguments(self, rows: int) -> dict[str, Any]:
         """The call over the first ``rows`` rows: prefix views of the buffers, and the other arguments."""
         return {**{arg: self.buffers[name][:rows] for arg, name in self.sources.items()}, **self.statics}
+
+
+def _static_key(static: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
+    """The key of an in-place call: its non-tensor arguments, in name order."""
+    return tuple(sorted(static.items())) if static else ()
+
+
+def call_in_place(fn: Any, rows: int, arguments: Callable[[], Mapping[str, Any]], **static: Any) -> Any:
+    """``fn.replay(rows, **static)`` once ``fn`` learned its in-place call, else ``fn(**arguments(), **static)``.
+
+    For an engine that has just written ``fn``'s inputs into registry buffers:
+    ``arguments`` builds the buffers' prefix views for the decorated call
+    (the first one, which captures and teaches ``replay``). ``fn`` may be the
+    plain function that ``graphed`` returns with ``use_graph=False``.
+    """
+    can_replay = getattr(fn, "can_replay", None)
+    if can_replay is not None and can_replay(**static):
+        return fn.replay(rows, **static)
+    return fn(**arguments(), **static)
 
 
 def refuse_unbound_method(fn: Callable[..., Any]) -> None:

@@ -31,7 +31,6 @@ from graphcap.models.tiny_lm import TinyLMBundle, load_tiny_lm
 from graphcap.mtp.preprocess import SlotRows, write_step_inputs
 from graphcap.mtp.speculative_step import SpeculativeStep
 from graphcap.mtp.tiny_pair import TinyLMPair
-from graphcap.ops.sampler import sample_speculative
 from graphcap.ops.sampling_params import MAX_INFER_SEED
 from graphcap.registry import CaptureRegistry
 
@@ -245,12 +244,7 @@ class MTPEngine:
         last = paddle.to_tensor(
             [layout.row_start[slot.slot] + len(slot.request.prompt) - 1 for slot in ordered], dtype="int64"
         )
-        first = sample_speculative(
-            paddle.gather(logits, last),
-            top_p=bufs.top_p, top_k=bufs.top_k, infer_seed=bufs.infer_seed,
-            seq_lens_this_time=bufs.seq_lens_this_time, cu_seqlens_q_output=bufs.cu_seqlens_q_output,
-            num_speculative_tokens=self.k, max_seed=self.sampling.max_seed, greedy=self.sampling.greedy,
-        ).numpy()
+        first = self.step.sample(paddle.gather(logits, last), greedy=self.sampling.greedy).numpy()
         for slot, token in zip(ordered, first.tolist()):
             self._append(slot, [token])
         if not self.k:
@@ -261,10 +255,10 @@ class MTPEngine:
         next_ids = np.asarray(
             [tok for slot in ordered for tok in slot.tokens[1 : len(slot.request.prompt) + 1]], dtype=np.int64
         )
-        draft_tokens, draft_hidden = self.step.pair.draft(
+        draft_logits, draft_hidden = self.step.pair.draft(
             paddle.to_tensor(next_ids), positions, slot_ids, hidden, per=1, layer=0
         )
-        proposals = paddle.gather(paddle.argmax(draft_tokens, axis=-1), last).astype("int64").numpy().tolist()
+        proposals = paddle.gather(paddle.argmax(draft_logits, axis=-1), last).astype("int64").numpy().tolist()
         self.step.propose(ordered, proposals, paddle.gather(draft_hidden, last), graphed=False)
 
     # Decode (graphs) --------------------------------------------------------

@@ -36,6 +36,7 @@ from typing import Any, Protocol
 import paddle
 
 from graphcap.capture_plan import GraphSpec
+from graphcap.graphed_function import call_in_place
 from graphcap.mtp.accept import accepted_prefix
 from graphcap.mtp.graph_specs import mtp_graph_specs
 from graphcap.mtp.preprocess import SlotRows, declare_step_buffers, write_step_inputs
@@ -145,14 +146,22 @@ class SpeculativeStep:
     ) -> tuple[paddle.Tensor, ...]:
         """Target verify and sampling over ``[R]`` rows: ``(tokens [R],)``, plus hidden ``[R, h]`` for the draft."""
         logits, hidden = self.pair.verify(token_ids, positions, slot_ids, per=1 + self.k)
+        tokens = self.sample(logits, greedy=greedy)
+        return (tokens,) if hidden is None else (tokens, hidden)
+
+    def sample(self, logits: paddle.Tensor, *, greedy: bool) -> paddle.Tensor:
+        """``build_sampling_params`` + sampling (or argmax) of output rows laid out by the step buffers.
+
+        Rows follow ``cu_seqlens_q_output``; each slot's ``infer_seed`` advances
+        in place. The verify graph and an engine's eager prefill sample here.
+        """
         bufs = self.registry.buffers
-        tokens = sample_speculative(
+        return sample_speculative(
             logits, top_p=bufs.top_p, top_k=bufs.top_k, infer_seed=bufs.infer_seed,
             seq_lens_this_time=self.buffer("seq_lens_this_time"),
             cu_seqlens_q_output=self.buffer("cu_seqlens_q_output"),
             num_speculative_tokens=self.k, max_seed=self.max_seed, greedy=greedy,
         )
-        return (tokens,) if hidden is None else (tokens, hidden)
 
     def _draft_rows(self, token_ids: paddle.Tensor, positions: paddle.Tensor, slot_ids: paddle.Tensor,
                     hidden: paddle.Tensor | None, *, per: int, layer: int) -> tuple[paddle.Tensor, ...]:
@@ -211,10 +220,7 @@ class SpeculativeStep:
         replays = getattr(self.target, "graph_calls", 0)
         # The buffers were just written in place, so once a graph exists replay(rows) serves
         # the call without binding or classifying it (and is the decorated call where it must be).
-        if getattr(self.target, "can_replay", None) is not None and self.target.can_replay(greedy=greedy):
-            outputs = self.target.replay(layout.rows, greedy=greedy)
-        else:
-            outputs = self.target(**staged, greedy=greedy)
+        outputs = call_in_place(self.target, layout.rows, lambda: staged, greedy=greedy)
         # The draft follows the target's decision, never one of its own: what served
         # the target here, or with several ranks what the step agreed (the same everywhere).
         if agreed_rows is None:

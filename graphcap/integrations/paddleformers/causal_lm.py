@@ -34,6 +34,7 @@ import paddle
 from graphcap.buckets import capped_sizes
 from graphcap.config import GraphConfig
 from graphcap.errors import ConfigError
+from graphcap.graphed_function import call_in_place
 from graphcap.integrations.paddleformers.cache import StaticCache
 from graphcap.integrations.paddleformers.drafts import (
     ModelDraft,
@@ -204,7 +205,10 @@ class GraphedCausalLM:
         so graphcap reads them in place; they stay valid until the next
         ``stage``, which overwrites the same memory.
         """
-        rows = self._write_inputs(slots, tokens, positions)
+        return self._views(self._write_inputs(slots, tokens, positions))
+
+    def _views(self, rows: int) -> dict[str, Any]:
+        """The decode step's arguments: prefix views of its buffers, ``rows`` long."""
         bufs = self.registry.buffers
         return {"input_ids": bufs.input_ids[:rows], "position_ids": bufs.position_ids[:rows],
                 "slot_ids": bufs.slot_ids[:rows], "attention_mask": bufs.attention_mask[:rows]}
@@ -223,12 +227,9 @@ class GraphedCausalLM:
     def decode(self, slots: Sequence[int], tokens: Sequence[int], positions: Sequence[int], *,
                greedy: bool = True) -> list[int]:
         """One graphed step: ``tokens[i]`` at ``positions[i]`` of slot ``slots[i]``; returns the next tokens."""
-        step = self.decode_step
-        if getattr(step, "can_replay", None) is not None and step.can_replay(greedy=greedy):
-            # The buffers are written in place: replay(rows) skips binding and classifying the call.
-            next_tokens, _ = step.replay(self._write_inputs(slots, tokens, positions), greedy=greedy)
-        else:
-            next_tokens, _ = step(**self.stage(slots, tokens, positions), greedy=greedy)
+        # The buffers are written in place: once captured, replay(rows) skips binding and classifying the call.
+        rows = self._write_inputs(slots, tokens, positions)
+        next_tokens, _ = call_in_place(self.decode_step, rows, lambda: self._views(rows), greedy=greedy)
         return next_tokens.numpy().tolist()
 
     def generate(
