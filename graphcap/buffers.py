@@ -247,6 +247,10 @@ class StaticBuffers:
         """
         return self._padded_from.get(name)
 
+    def padded_from_all(self, names: tuple[str, ...]) -> tuple[int | None, ...]:
+        """``padded_from`` of each of ``names``, in one C-level pass (``GraphedFunction.replay``'s test)."""
+        return tuple(map(self._padded_from.get, names))
+
     @staticmethod
     def _reject(spec: BufferSpec, value: paddle.Tensor, shape: list[int]) -> None:
         if dtype_name(value.dtype) != spec.dtype:

@@ -204,9 +204,10 @@ class GraphedFunction:
         ):
             return self(**call.arguments(rows))
         buffers = call.buffers
-        for name, buf, pad, pad_value, capacity in call.pads:
-            if rows < capacity and buffers.padded_from(name) != rows:
-                pad_rows(buf, pad, pad_value, rows, capacity)
+        if buffers.padded_from_all(call.pad_names).count(rows) != len(call.pad_names):
+            for name, buf, pad, pad_value, capacity in call.pads:
+                if rows < capacity and buffers.padded_from(name) != rows:
+                    pad_rows(buf, pad, pad_value, rows, capacity)
         if self._config.debug_checks and entry.check(call.leaves) is not None:  # type: ignore[misc]
             # The decorated call checks again and raises, recaptures or runs eagerly, per policy.
             return self(**call.arguments(rows))
@@ -564,7 +565,7 @@ class InPlaceCall:
     ``entries`` maps a bucket to the graph captured for this call there.
     """
 
-    __slots__ = ("sources", "statics", "leaves", "buffers", "entries", "pads", "capacity")
+    __slots__ = ("sources", "statics", "leaves", "buffers", "entries", "pads", "pad_names", "capacity")
 
     def __init__(self, sources: dict[str, str], statics: dict[str, Any], leaves: list[paddle.Tensor],
                  buffers: StaticBuffers) -> None:
@@ -578,6 +579,7 @@ class InPlaceCall:
         # (buffer name, tensor, rule, value, capacity) of each buffer whose rule pads.
         self.pads = tuple((name, buffers[name], spec.pad, spec.pad_value, spec.capacity)
                           for name, spec in specs.items() if spec.pad != "keep")
+        self.pad_names = tuple(name for name, *_ in self.pads)
         self.capacity = min(spec.capacity for spec in specs.values())
 
     def arguments(self, rows: int) -> dict[str, Any]:

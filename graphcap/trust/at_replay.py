@@ -74,6 +74,7 @@ class ReplayCheck:
         self.registry = registry
         self.registry_generation = registry.generation
         self.registry_ptrs = registry.addresses()
+        self._registry_ptr_tuple = registry.data_ptrs()
         self.registry_shapes = registry.shapes()
         item_edges = [edge for edge in edges if edge.kind == "item"]
         self.item_containers = [edge.container for edge in item_edges]
@@ -105,13 +106,17 @@ class ReplayCheck:
         self.watched = tuple(tensor for _, tensor in watched)
         self.watched_ptrs = tuple(map(_data_ptr, self.watched))
         self.watched_shapes = [tensor.shape for tensor in self.watched]
+        # A graph that reads no static tensor, edge or Python value skips that tier outright
+        # (an engine's in-place call over registry buffers is such a graph).
+        self._reads_identity = bool(self.static_index or self.item_edges or self.cell_edges)
+        self._reads_values = bool(self.value_groups or self.value_cells)
 
     def __call__(self, leaves: Sequence[paddle.Tensor]) -> Problem | None:
         """Run this replay's checks on the call's tensor leaves; None when all is well."""
-        full = self.replays % self.interval == 0
-        self.replays += 1
-        problem = self.identity(leaves) or self.values()
-        if problem is None and (full or self.registry.generation != self.registry_generation):
+        replays = self.replays
+        self.replays = replays + 1
+        problem = (self._reads_identity and self.identity(leaves)) or (self._reads_values and self.values()) or None
+        if problem is None and (replays % self.interval == 0 or self.registry.generation != self.registry_generation):
             problem = self.addresses()
         return problem
 
@@ -194,6 +199,9 @@ class ReplayCheck:
 
     def _registry(self) -> Problem | None:
         buffers = self.registry
+        if (buffers.generation == self.registry_generation and buffers.data_ptrs() == self._registry_ptr_tuple
+                and buffers.shapes() == self.registry_shapes):
+            return None  # same names, addresses and shapes as capture: nothing to name
         ptrs = buffers.addresses()
         if ptrs != self.registry_ptrs:
             for name, before in self.registry_ptrs.items():
@@ -219,6 +227,7 @@ class ReplayCheck:
                     )
         self.registry_shapes = shapes
         self.registry_generation = buffers.generation
+        self._registry_ptr_tuple = buffers.data_ptrs()
         return None
 
 
