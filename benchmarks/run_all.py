@@ -35,6 +35,7 @@ STEPS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("speculative", "bench_speculative.py", ()),
     ("trust", "bench_trust.py", ()),
     ("ranks", "bench_ranks.py", ()),
+    ("resets", "bench_resets.py", ()),
     ("plots", "plot_results.py", ()),
 )
 

@@ -194,6 +194,39 @@ class Refused:
     reason: str
 
 
+class _Executors:
+    """Paddle's process-wide cache of program executors, and how many programs were dropped since its last clear.
+
+    Running a traced program builds an executor for it (a PIR interpreter with
+    a pool of about five host threads, Paddle 3.3.1), kept in one cache for
+    the whole process, keyed by program and never evicted: dropping the
+    program leaves its executor and threads behind. Reset + recapture (a
+    weight reload) would add threads and memory on every cycle. Paddle clears
+    the cache only as a whole; a program still alive rebuilds its executor on
+    its next run, once, with the same tensors (its outputs stay where they
+    are). So the cache is cleared when programs were dropped: at a backend
+    reset, and before a capture that follows a release.
+    """
+
+    def __init__(self) -> None:
+        """No program dropped yet."""
+        self.dropped = 0
+        self.clears = 0
+
+    def clear_if_dropped(self) -> None:
+        """Release the executors of dropped programs (and rebuild live ones lazily) if any program was dropped."""
+        if not self.dropped:
+            return
+        clear = getattr(paddle.base.core, "clear_executor_cache", None)
+        if clear is not None:  # another Paddle build without the cache: nothing held
+            clear()
+        self.dropped = 0
+        self.clears += 1
+
+
+EXECUTORS = _Executors()
+
+
 @attrs.define
 class StaticGraph:
     """One traced program; calling it is a replay."""
@@ -208,7 +241,9 @@ class StaticGraph:
         self.program()
 
     def reset(self) -> None:
-        """Drop the program (its tensors stay owned by the registry)."""
+        """Drop the program (its tensors stay owned by the registry); its executor goes at the next clear."""
+        if self.program is not None:
+            EXECUTORS.dropped += 1
         self.program = None
 
     def captured_tensors(self) -> list[paddle.Tensor] | None:
@@ -278,11 +313,17 @@ class StaticBackend:
 
     def capture(self, run: Callable[[], None], label: str, reachable: Reachable | None = None) -> StaticGraph:
         """Trace ``run`` into a program; the trace executes it once, writing the outputs."""
+        EXECUTORS.clear_if_dropped()
         _sync_converted_functions()
         with _modules_kept_as_written(_helper_modules(reachable, run)), _trace_records_dropped_on_failure():
             program = paddle.jit.to_static(run, full_graph=True)
-            program()
+            try:
+                program()
+            except BaseException:
+                EXECUTORS.dropped += 1  # a trace that raised may have built an executor all the same
+                raise
         return StaticGraph(program)
 
     def reset(self) -> None:
-        """Programs are dropped with their graphs."""
+        """Programs are dropped with their graphs; release their executors (see ``_Executors``)."""
+        EXECUTORS.clear_if_dropped()
