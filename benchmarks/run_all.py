@@ -36,6 +36,7 @@ STEPS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("trust", "bench_trust.py", ()),
     ("ranks", "bench_ranks.py", ()),
     ("resets", "bench_resets.py", ()),
+    ("replan", "bench_replan.py", ()),
     ("plots", "plot_results.py", ()),
 )
 

@@ -78,9 +78,13 @@ class PaddingStats:
     """Padding statistics per bucket; eager fallbacks are counted under bucket ``None``."""
 
     per_bucket: dict[int | None, BucketUsage] = attrs.Factory(dict)
+    # rows -> steps since the last re-plan (CaptureRegistry.replan reads and rolls it into its history).
+    rows_seen: dict[int, int] = attrs.Factory(dict)
 
     def record(self, rows: int, bucket: int | None) -> None:
         """Count one step of ``rows`` real rows served by ``bucket`` (None = eager)."""
+        seen = self.rows_seen
+        seen[rows] = seen.get(rows, 0) + 1
         usage = self.per_bucket.get(bucket)
         if usage is None:
             usage = self.per_bucket[bucket] = BucketUsage()

@@ -170,6 +170,14 @@ class GraphConfig:
         coverage_warn_below: warn once when the share of a function's calls
             served by a graph is below this, in [0, 1] (default 0.8; 0 = never)
             after ``coverage_warmup_calls`` calls (default 64).
+        replan_every: re-plan the capture sizes from the observed traffic
+            every N ``registry.step()`` calls (0 = never, default); see
+            ``CaptureRegistry.replan``. Every rank steps together, so every
+            rank re-plans in the same step.
+        replan_min_gain: the automatic re-plan adopts new sizes only when
+            they pad at least this fraction fewer rows than the current ones
+            on the recent traffic (default 0.1), so a stable workload never
+            recaptures.
     """
 
     use_graph: bool = attrs.field(default=False, validator=_check_bool)
@@ -195,6 +203,8 @@ class GraphConfig:
     shadow_check_interval: int = _int_field("shadow_check_interval", 0, 0)
     coverage_warn_below: float = _float_field("coverage_warn_below", 0.8, low=0.0, high=1.0, low_open=False)
     coverage_warmup_calls: int = _int_field("coverage_warmup_calls", 64, 1)
+    replan_every: int = _int_field("replan_every", 0, 0)
+    replan_min_gain: float = _float_field("replan_min_gain", 0.1, low=0.0, high=0.99, low_open=False)
 
     def __attrs_post_init__(self) -> None:
         if self.sync_ranks and self.on_rebind == "recapture":

@@ -546,6 +546,29 @@ class GraphedFunction:
         self._dispatcher.clear()
         self._in_place.clear()
 
+    def adopt_sizes(self, sizes: Sequence[int]) -> None:
+        """Serve from capture ``sizes`` from now on, keeping the largest: graphs at sizes no longer planned are
+        released, the ones kept replay as before, new sizes capture at their first call (or ``capture_all``).
+
+        The largest size stays, because the staging buffers and shared
+        outputs were allocated at it. ``CaptureRegistry.replan`` calls this on
+        every rank in the same step.
+        """
+        new = BucketMap(sizes)
+        if new.largest != self.buckets.largest:
+            raise CaptureError(f"{self.name}: new capture sizes {list(new.sizes)} must keep the largest size "
+                               f"{self.buckets.largest} (the static buffers were allocated at it)")
+        kept = set(new.sizes)
+        for key in [key for key in self._entries if key.bucket not in kept]:
+            self._entries.pop(key).release()
+        for call in self._in_place.values():
+            call.entries = {bucket: entry for bucket, entry in call.entries.items() if bucket in kept}
+        self.buckets = new
+        self._dispatcher.buckets = new
+        self._dispatcher.clear()
+        self._overflow.clear()
+        self._predicted = None
+
     @property
     def output_bytes(self) -> int:
         """Bytes of static output memory this function's graphs hold (shared outputs counted once)."""

@@ -26,7 +26,7 @@ from graphcap.backends import Backend, make_backend
 from graphcap.buffers import StaticBuffers
 from graphcap.config import GraphConfig
 from graphcap.dispatch import GraphKey
-from graphcap.errors import CaptureError
+from graphcap.errors import CaptureError, ConfigError
 from graphcap.graphed_function import GraphedFunction, refuse_unbound_method
 from graphcap.stats import RegistryStats
 
@@ -80,6 +80,9 @@ class CaptureRegistry:
         agreement = RankAgreement(group, self.stats_counters) if self.config.sync_ranks else None
         self.agreement = agreement if agreement is not None and agreement.world_size > 1 else None
         self.current_step: StepAgreement | None = None
+        # Graph name -> weighted rows histogram of the traffic folded in by replan() (graphcap.replan).
+        self._traffic: dict[str, dict[int, int]] = {}
+        self._steps = 0  # registry.step() calls, for replan_every
 
     def graphed(
         self,
@@ -164,6 +167,10 @@ class CaptureRegistry:
         rank still steps, with 0 rows). Without ``sync_ranks`` (or with one
         rank) this costs nothing and the calls decide alone.
         """
+        self._steps += 1
+        every = self.config.replan_every
+        if every and self._steps % every == 0:
+            self.replan(min_gain=self.config.replan_min_gain)
         if self.agreement is None:
             yield StepAgreement(rows=rows, busy=busy, states={}, rows_per_request=self.config.rows_per_request)
             return
@@ -238,6 +245,59 @@ class CaptureRegistry:
             for fn in self._functions.values()
         ]
         return make_capture_plan(specs, num_speculative_tokens=self.config.num_speculative_tokens, trace=trace)
+
+    def replan(self, max_graphs: int | None = None, memory_budget: int | float | None = None, *,
+               min_gain: float = 0.0) -> dict[str, tuple[int, ...]]:
+        """Re-plan every graphed function's capture sizes from the traffic it saw; returns name -> sizes.
+
+        Each function's rows since the last re-plan are folded into its
+        history (older steps count half per re-plan, ``graphcap.replan``), the
+        exact planner picks at most ``max_graphs`` sizes (None: as many as it
+        has now; ``memory_budget`` bytes may lower it) keeping the largest
+        size, and the plan is adopted when it pads at least ``min_gain`` (a
+        fraction) fewer rows than the current sizes on that traffic. Graphs at
+        sizes no longer planned are released; new sizes capture at their
+        first call (or call ``capture_all``). With several ranks, call it on
+        every rank in the same step: the histograms are agreed first (one
+        collective per function), so every rank adopts the same plan.
+
+        Raises ``ConfigError`` for ``max_graphs`` < 1, a budget below one
+        graph per function, or a budget before any graph was captured.
+        """
+        from graphcap.replan import decide_sizes, fold_traffic, graphs_in_budget
+        from graphcap.validators import positive_int
+
+        limit = None if max_graphs is None else positive_int(max_graphs, "max_graphs")
+        if isinstance(min_gain, bool) or not isinstance(min_gain, (int, float)) or not 0.0 <= min_gain < 1.0:
+            raise ConfigError(f"min_gain={min_gain!r} must be a fraction in [0, 1)")
+        functions = [fn for fn in self._functions.values() if fn.enabled]
+        if memory_budget is not None:
+            per_graph = max((fn.output_bytes for fn in functions), default=0)
+            if per_graph == 0:
+                raise ConfigError(f"memory_budget={memory_budget!r}: no graph has been captured yet, so the "
+                                  f"bytes a graph holds are unknown; capture first (capture_all), then replan")
+            in_budget = graphs_in_budget(memory_budget, per_graph, len(functions))
+            limit = in_budget if limit is None else min(limit, in_budget)
+        planned: dict[str, tuple[int, ...]] = {}
+        for fn in functions:
+            history = fold_traffic(self._traffic.get(fn.name, {}), fn.padding.rows_seen)
+            fn.padding.rows_seen.clear()
+            if self.agreement is not None:
+                # MAX over the ranks of the same-length vector: every rank plans from the same histogram.
+                largest = fn.buckets.largest
+                agreed = self.agreement.exchange([history.get(rows, 0) for rows in range(largest + 1)])
+                history = {rows: count for rows, count in enumerate(agreed) if count}
+            self._traffic[fn.name] = history
+            decision = decide_sizes(history, fn.buckets.sizes, max_graphs=limit or len(fn.buckets.sizes),
+                                    multiple_of=fn.rows_per_request or 1, min_gain=min_gain)
+            if decision.adopted:
+                logger.info("%s: re-planned capture sizes %s -> %s (padded rows on recent traffic %d -> %d)",
+                            fn.name, list(fn.buckets.sizes), list(decision.sizes), decision.padded_before,
+                            decision.padded_after)
+                fn.adopt_sizes(decision.sizes)
+                self.stats_counters.count("replans")
+            planned[fn.name] = fn.buckets.sizes
+        return planned
 
     def reset(self) -> None:
         """Drop every graph (for weight reloads); the next call of each bucket recaptures.

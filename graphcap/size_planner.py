@@ -27,7 +27,7 @@ import numpy as np
 from graphcap.errors import ConfigError
 from graphcap.validators import positive_int
 
-__all__ = ["format_padding_table", "load_trace", "padding_waste", "plan_capture_sizes"]
+__all__ = ["format_padding_table", "load_trace", "padding_waste", "plan_capture_sizes", "plan_capture_sizes_from_counts"]
 
 _INT_TOKEN = re.compile(r"[+-]?\d+")
 _SEPARATORS = re.compile(r"[\s,]+")
@@ -214,13 +214,48 @@ def plan_capture_sizes(
                 f"pass max_size >= {step}"
             )
 
-    served = rows[rows > 0]
+    distinct, steps = np.unique(rows, return_counts=True)
+    return _plan_counts(distinct, steps.astype(np.int64), graphs, step, cap)
+
+
+def plan_capture_sizes_from_counts(
+    counts: Mapping[int, int],
+    max_graphs: int,
+    multiple_of: int = 1,
+    max_size: int | None = None,
+) -> tuple[int, ...]:
+    """``plan_capture_sizes`` over a histogram: ``counts`` maps a row count to its number of steps (a weight).
+
+    The online re-planner's form (``CaptureRegistry.replan``): the traffic a
+    registry observed, recent steps weighted more, without a trace of every
+    step. Equal to ``plan_capture_sizes`` of the trace that repeats each row
+    count ``counts[rows]`` times.
+    """
+    graphs = positive_int(max_graphs, "max_graphs")
+    step = positive_int(multiple_of, "multiple_of")
+    cap = None if max_size is None else (positive_int(max_size, "max_size") // step) * step
+    if cap is not None and cap < step:
+        raise ConfigError(f"max_size={max_size} is smaller than multiple_of={step}, so no capture size fits; "
+                          f"pass max_size >= {step}")
+    items = sorted((operator.index(rows), operator.index(weight)) for rows, weight in counts.items() if weight)
+    if any(rows < 0 or weight < 0 for rows, weight in items):
+        raise ConfigError(f"counts must map row counts >= 0 to step counts >= 0 (got {dict(items)!r})")
+    distinct = np.asarray([rows for rows, _ in items], dtype=np.int64)
+    steps = np.asarray([weight for _, weight in items], dtype=np.int64)
+    return _plan_counts(distinct, steps, graphs, step, cap)
+
+
+def _plan_counts(distinct: np.ndarray, steps: np.ndarray, graphs: int, step: int, cap: int | None) -> tuple[int, ...]:
+    """The exact plan for ``steps[i]`` steps of ``distinct[i]`` rows (see ``plan_capture_sizes``)."""
+    keep = distinct > 0
     if cap is not None:
-        served = served[served <= cap]
+        keep &= distinct <= cap
+    served, weight = distinct[keep], steps[keep]
     rounded = -(-served // step) * step
     values, inverse = np.unique(rounded, return_inverse=True)
-    counts = np.bincount(inverse, minlength=len(values)).astype(np.int64)
-    sums = np.bincount(inverse, weights=served, minlength=len(values))
+    counts = np.bincount(inverse, weights=weight, minlength=len(values))
+    counts = np.rint(counts).astype(np.int64)
+    sums = np.bincount(inverse, weights=served * weight, minlength=len(values))
     sums = np.rint(sums).astype(np.int64)
 
     if cap is not None and (len(values) == 0 or values[-1] != cap):

@@ -13,7 +13,7 @@ __all__ = ["COUNTERS", "RegistryStats"]
 
 COUNTERS = (
     "captures", "replays", "eager_fallbacks", "capture_failures", "warmups", "recaptures", "collectives",
-    "shadow_checks", "shadow_mismatches",
+    "shadow_checks", "shadow_mismatches", "replans",
 )
 
 

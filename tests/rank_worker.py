@@ -193,7 +193,26 @@ def world_of_one(rank: int) -> dict[str, Any]:
     return {"correct": correct, "collectives": reg.stats()["collectives"], "agreement": reg.agreement is not None}
 
 
+def replan_agrees(rank: int) -> dict[str, Any]:
+    """Each rank saw other traffic; replan() agrees the histograms, so both adopt one plan in one step."""
+    reg = registry(capture_sizes=(1, 2, 4, 8))
+    graphed = reg.graphed("t", batch_arg="x")(lambda x: x * 5 - 1)
+    traffic = [1, 1, 1, 3] if rank == 0 else [3, 3, 6, 3]
+    correct = []
+    for rows in traffic * 3:
+        x = paddle.randn([rows, 4])
+        correct.append(same(graphed(x=x), x * 5 - 1))
+    sizes = reg.replan(max_graphs=2)["t"]
+    for rows in ([2, 5, 8, 0] if rank == 0 else [7, 1, 3, 3]):
+        x = paddle.randn([rows, 4])
+        correct.append(same(graphed(x=x), x * 5 - 1))
+    stats = reg.stats()
+    return {"correct": correct, "sizes": list(sizes), "replans": stats["replans"],
+            "eager_fallbacks": stats["eager_fallbacks"]}
+
+
 SCENARIOS = {
+    "replan_agrees": replan_agrees,
     "different_rows": different_rows,
     "above_largest": above_largest,
     "zero_rows": zero_rows,

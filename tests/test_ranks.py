@@ -69,6 +69,16 @@ def test_different_rows_pad_to_one_bucket_and_count_the_same(two_ranks):
     assert zero["per_graph"]["t"]["4"]["real_rows"] == 7 and one["per_graph"]["t"]["4"]["real_rows"] == 5
 
 
+def test_replan_adopts_one_plan_on_every_rank(two_ranks):
+    zero, one = scenario(two_ranks, "replan_agrees")
+    assert all(zero["correct"]) and all(one["correct"])
+    # Each rank records its own rows: {1: 9, 3: 3} and {3: 9, 6: 3}. Their MAX is {1: 9, 3: 9, 6: 3},
+    # and of two graphs keeping 8, (3, 8) pads least: 2*9 + 2*3 rows, against 51 for (1, 8).
+    assert zero["sizes"] == one["sizes"] == [3, 8]
+    assert zero["replans"] == one["replans"] == 1
+    assert zero["eager_fallbacks"] == one["eager_fallbacks"] == 0
+
+
 def test_one_rank_above_the_largest_bucket_makes_every_rank_eager(two_ranks):
     for got in scenario(two_ranks, "above_largest"):
         assert got["correct"] and got["replays"] == 0 and got["captures"] == 0
