@@ -85,6 +85,20 @@ def test_a_changed_value_on_an_object_recaptures_through_replay_rows():
     assert registry.stats()["recaptures"] == 1
 
 
+def test_a_value_change_after_steady_replays_recaptures_and_the_one_lookup_path_follows_it():
+    registry, f, scale = _setup()
+    _write(registry, 3, 0)
+    f(x=registry.buffers.x[:3], ids=registry.buffers.ids[:3], shift=0.0)
+    for step in range(3):  # replays 2 and 3 take the one-lookup path for 3 rows
+        _write(registry, 3, step + 1)
+        np.testing.assert_array_equal(f.replay(3, shift=0.0)[0].numpy(), _direct(registry, f, 3, 0.0)[0].numpy())
+    scale.factor = 5.0  # the remembered entry must not replay the graph that baked in 2.0
+    for step in range(3):
+        _write(registry, 3, step + 10)
+        np.testing.assert_array_equal(f.replay(3, shift=0.0)[0].numpy(), _direct(registry, f, 3, 0.0)[0].numpy())
+    assert registry.stats()["recaptures"] == 1 and f.eager_calls == 0
+
+
 def test_what_the_decorated_call_runs_eagerly_replay_rows_runs_eagerly_and_counts():
     registry, f, _ = _setup()
     _write(registry, 2, 0)
