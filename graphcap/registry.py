@@ -83,6 +83,8 @@ class CaptureRegistry:
         # Graph name -> weighted rows histogram of the traffic folded in by replan() (graphcap.replan).
         self._traffic: dict[str, dict[int, int]] = {}
         self._steps = 0  # registry.step() calls, for replan_every
+        self._in_step = False  # inside registry.step(): replan() must wait for the step to end
+        self._graph_limits: dict[str, int] = {}  # graph name -> its number of sizes before the first replan
 
     def graphed(
         self,
@@ -171,6 +173,14 @@ class CaptureRegistry:
         every = self.config.replan_every
         if every and self._steps % every == 0:
             self.replan(min_gain=self.config.replan_min_gain)
+        self._in_step = True
+        try:
+            yield from self._agreed_step(rows, busy)
+        finally:
+            self._in_step = False
+
+    def _agreed_step(self, rows: int, busy: bool) -> Iterator[StepAgreement]:
+        """The body of ``step()``: one exchange (none for one rank), the agreement held while the step runs."""
         if self.agreement is None:
             yield StepAgreement(rows=rows, busy=busy, states={}, rows_per_request=self.config.rows_per_request)
             return
@@ -253,16 +263,18 @@ class CaptureRegistry:
         Each function's rows since the last re-plan are folded into its
         history (older steps count half per re-plan, ``graphcap.replan``), the
         exact planner picks at most ``max_graphs`` sizes (None: as many as it
-        has now; ``memory_budget`` bytes may lower it) keeping the largest
-        size, and the plan is adopted when it pads at least ``min_gain`` (a
+        had before its first re-plan; ``memory_budget`` bytes may lower it,
+        a graph's bytes being its static outputs) keeping the largest size, and the plan is adopted when it pads at least ``min_gain`` (a
         fraction) fewer rows than the current sizes on that traffic. Graphs at
         sizes no longer planned are released; new sizes capture at their
         first call (or call ``capture_all``). With several ranks, call it on
-        every rank in the same step: the histograms are agreed first (one
-        collective per function), so every rank adopts the same plan.
+        every rank between the same two steps (not inside ``step()``): the
+        histograms are agreed first (one collective per function), so every
+        rank adopts the same plan.
 
         Raises ``ConfigError`` for ``max_graphs`` < 1, a budget below one
-        graph per function, or a budget before any graph was captured.
+        graph per function, or a budget before any graph was captured, and
+        ``CaptureError`` inside ``step()``; nothing changes then.
         """
         from graphcap.replan import decide_sizes, fold_traffic, graphs_in_budget
         from graphcap.validators import positive_int
@@ -270,26 +282,41 @@ class CaptureRegistry:
         limit = None if max_graphs is None else positive_int(max_graphs, "max_graphs")
         if isinstance(min_gain, bool) or not isinstance(min_gain, (int, float)) or not 0.0 <= min_gain < 1.0:
             raise ConfigError(f"min_gain={min_gain!r} must be a fraction in [0, 1)")
-        functions = [fn for fn in self._functions.values() if fn.enabled]
+        if self._in_step:
+            raise CaptureError("replan() inside registry.step(): the step's agreement holds one state per current "
+                               "size; call it between two steps (on every rank), or set replan_every")
+        # With several ranks every function takes part, switched on here or not: each rank runs the same
+        # collectives in the same order, and adopts the same sizes (the bucket vectors stay equal).
+        functions = [fn for fn in self._functions.values() if fn.enabled or self.agreement is not None]
+        for fn in functions:  # the graph count a function started with: the default limit, never shrinking
+            self._graph_limits.setdefault(fn.name, len(fn.buckets.sizes))
         if memory_budget is not None:
-            per_graph = max((fn.output_bytes for fn in functions), default=0)
+            # One graph's bytes: its own outputs where each graph has its own (static backend), else
+            # the outputs all of a function's graphs share.
+            per_graph = max((fn.output_bytes // (1 if self.backend.shares_outputs else max(fn.graphs, 1))
+                             for fn in functions), default=0)
+            if self.agreement is not None:
+                per_graph = self.agreement.exchange([per_graph])[0]
             if per_graph == 0:
                 raise ConfigError(f"memory_budget={memory_budget!r}: no graph has been captured yet, so the "
                                   f"bytes a graph holds are unknown; capture first (capture_all), then replan")
             in_budget = graphs_in_budget(memory_budget, per_graph, len(functions))
             limit = in_budget if limit is None else min(limit, in_budget)
-        planned: dict[str, tuple[int, ...]] = {}
+        # Decide every function first, then adopt: a failure leaves every function as it was.
+        decisions = []
         for fn in functions:
             history = fold_traffic(self._traffic.get(fn.name, {}), fn.padding.rows_seen)
-            fn.padding.rows_seen.clear()
             if self.agreement is not None:
                 # MAX over the ranks of the same-length vector: every rank plans from the same histogram.
-                largest = fn.buckets.largest
-                agreed = self.agreement.exchange([history.get(rows, 0) for rows in range(largest + 1)])
+                agreed = self.agreement.exchange([history.get(rows, 0) for rows in range(fn.buckets.largest + 1)])
                 history = {rows: count for rows, count in enumerate(agreed) if count}
-            self._traffic[fn.name] = history
-            decision = decide_sizes(history, fn.buckets.sizes, max_graphs=limit or len(fn.buckets.sizes),
+            decision = decide_sizes(history, fn.buckets.sizes, max_graphs=limit or self._graph_limits[fn.name],
                                     multiple_of=fn.rows_per_request or 1, min_gain=min_gain)
+            decisions.append((fn, history, decision))
+        planned: dict[str, tuple[int, ...]] = {}
+        for fn, history, decision in decisions:
+            fn.padding.rows_seen.clear()
+            self._traffic[fn.name] = history
             if decision.adopted:
                 logger.info("%s: re-planned capture sizes %s -> %s (padded rows on recent traffic %d -> %d)",
                             fn.name, list(fn.buckets.sizes), list(decision.sizes), decision.padded_before,

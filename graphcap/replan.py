@@ -56,18 +56,29 @@ class ReplanDecision:
 
 def decide_sizes(counts: Mapping[int, int], current: Sequence[int], *, max_graphs: int, multiple_of: int,
                  min_gain: float) -> ReplanDecision:
-    """The exact plan for ``counts`` within ``max_graphs``, keeping ``current``'s largest size.
+    """The exact plan for ``counts`` within ``max_graphs``, keeping ``current``'s largest size (always).
 
     Kept as it is when the traffic has no step a graph serves, or when the
     plan pads less than ``min_gain`` of the current padding fewer rows
     (unless ``current`` has more sizes than ``max_graphs`` allows).
     """
     current = tuple(sorted(current))
+    largest = current[-1]
     before = padded_rows(counts, current)
-    served = {rows: steps for rows, steps in counts.items() if 0 < rows <= current[-1] and steps}
+    served = {rows: steps for rows, steps in counts.items() if 0 < rows <= largest and steps}
     if not served:
         return ReplanDecision(current, False, before, before)
-    planned = plan_capture_sizes_from_counts(served, max_graphs, multiple_of=multiple_of, max_size=current[-1])
+    # The largest size stays even when it is not a multiple of multiple_of (the buffers were
+    # allocated at it): plan one graph fewer up to the largest multiple below it, then add it.
+    aligned = largest % multiple_of == 0
+    below = {rows: steps for rows, steps in served.items() if rows <= largest // multiple_of * multiple_of}
+    if aligned:
+        planned = plan_capture_sizes_from_counts(served, max_graphs, multiple_of=multiple_of, max_size=largest)
+    elif max_graphs > 1 and below:
+        # Steps above the last multiple go to the largest size; the rest get the other graphs.
+        planned = (*plan_capture_sizes_from_counts(below, max_graphs - 1, multiple_of=multiple_of), largest)
+    else:
+        planned = (largest,)
     after = padded_rows(counts, planned)
     over_budget = len(current) > max_graphs  # more graphs than allowed now: the plan is taken whatever it gains
     if planned == current or (not over_budget and (after > before * (1.0 - min_gain) or before == after)):

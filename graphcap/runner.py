@@ -328,11 +328,13 @@ class GraphRunner:
                 state.restore()
         except CaptureSafetyError as exc:
             if self.config.on_unsafe_capture == "raise":
+                entry.release()  # a graph made before the failed check goes now (its executor with it)
                 raise
             message = str(exc).splitlines()[0]
             return self._fail(entry, f"unsafe capture: {message.removeprefix(entry.label + ': ')}", exc)
         except CaptureFailed as exc:
             if self.config.on_capture_failure == "raise":
+                entry.release()
                 raise CaptureError(
                     f"{entry.label}: capture failed on the {self.backend.name} backend: {exc.reason}"
                 ) from exc.__cause__

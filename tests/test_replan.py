@@ -11,7 +11,7 @@ import numpy as np
 import paddle
 import pytest
 
-from graphcap import CaptureRegistry, ConfigError, GraphConfig
+from graphcap import CaptureError, CaptureRegistry, ConfigError, GraphConfig
 from graphcap.replan import decide_sizes, fold_traffic, padded_rows
 from graphcap.size_planner import plan_capture_sizes
 
@@ -114,10 +114,34 @@ def test_sizes_stay_multiples_of_rows_per_request():
     assert verify.buckets.sizes == (4, 8, 12, 16)  # capture sizes count requests; 4 rows each
 
     inputs = paddle.randn([16, 4])
-    for rows in (8, 8, 8, 16):
+    for rows in (4, 5, 9, 16):  # 5 and 9 are no multiple of 4: the planner rounds them up to 8 and 12
         np.testing.assert_array_equal(verify(inputs[:rows]).numpy(), lin(inputs[:rows]).numpy())
+    # Two graphs keeping 16: (8, 16) pads 4 + 3 + 7 rows; (4, 16) 18 and (12, 16) 18.
     sizes = reg.replan(max_graphs=2)["verify"]
-    assert sizes == (8, 16) and all(size % 4 == 0 for size in sizes)
+    assert sizes == (8, 16)
+
+
+def test_a_largest_size_off_the_multiple_is_kept():
+    decision = decide_sizes({3: 5, 6: 5}, (3, 6, 10), max_graphs=2, multiple_of=3, min_gain=0.0)
+    assert decision.sizes == (6, 10) and decision.adopted
+    assert decide_sizes({1: 4}, (2,), max_graphs=3, multiple_of=3, min_gain=0.0).sizes == (2,)
+
+
+def test_replan_inside_a_step_is_refused_and_changes_nothing():
+    reg, model, step, inputs = _setup()
+    _run(step, model, inputs, [3, 3])
+    with reg.step(rows=3):
+        with pytest.raises(CaptureError, match="between two steps"):
+            reg.replan(max_graphs=2)
+    assert step.buckets.sizes == SIZES and step.padding.rows_seen == {3: 2}
+
+
+def test_the_default_graph_count_is_the_starting_one_so_sizes_can_grow_back():
+    reg, model, step, inputs = _setup()
+    _run(step, model, inputs, [3] * 8)
+    assert reg.replan()["heads"] == (3, 16)  # only two row counts seen: two graphs
+    _run(step, model, inputs, list(range(1, 16)) * 4)
+    assert len(reg.replan()["heads"]) == len(SIZES)  # back to five, the count it started with
 
 
 def test_replay_rows_still_serves_after_a_replan():
