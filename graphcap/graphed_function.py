@@ -204,9 +204,10 @@ class GraphedFunction:
         ):
             return self(**call.arguments(rows))
         buffers = call.buffers
-        if buffers.padded_from_all(call.pad_names).count(rows) != len(call.pad_names):
-            for name, buf, pad, pad_value, capacity in call.pads:
-                if rows < capacity and buffers.padded_from(name) != rows:
+        padded = buffers.padded_from_all(call.pad_names)
+        if padded.count(rows) != len(padded):
+            for (_, buf, pad, pad_value, capacity), padded_from in zip(call.pads, padded):
+                if rows < capacity and padded_from != rows:
                     pad_rows(buf, pad, pad_value, rows, capacity)
         if self._config.debug_checks and entry.check(call.leaves) is not None:  # type: ignore[misc]
             # The decorated call checks again and raises, recaptures or runs eagerly, per policy.

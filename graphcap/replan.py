@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 
 import attrs
 
+from graphcap.buckets import BucketMap
 from graphcap.errors import ConfigError
 from graphcap.size_planner import plan_capture_sizes_from_counts
 
@@ -35,13 +36,9 @@ def fold_traffic(history: Mapping[int, int], recent: Mapping[int, int]) -> dict[
 
 def padded_rows(counts: Mapping[int, int], sizes: Sequence[int]) -> int:
     """Rows of padding that ``sizes`` add to the steps in ``counts`` (steps above the largest size pad none)."""
-    ordered = sorted(sizes)
-    total = 0
-    for rows, steps in counts.items():
-        if rows <= 0 or rows > ordered[-1]:
-            continue
-        total += steps * (next(size for size in ordered if size >= rows) - rows)
-    return total
+    buckets = BucketMap(sizes)
+    return sum(steps * (buckets.bucket(rows) - rows) for rows, steps in counts.items()  # type: ignore[operator]
+               if 0 < rows <= buckets.largest)
 
 
 @attrs.frozen
