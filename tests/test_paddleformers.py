@@ -140,6 +140,17 @@ def test_capture_all_then_generate_replays_only(llama, reference, backend):
     assert model.stats()["captures"] == captures  # the dummies wrote only the scratch slot
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_decoding_stays_token_equal_across_a_replan(llama, reference, backend):
+    model = graphed(llama, backend=backend)
+    assert model.generate(PROMPTS, MAX_NEW) == reference
+    sizes = model.registry.replan(max_graphs=2)
+    assert all(len(planned) <= 2 and planned[-1] == 4 for planned in sizes.values())
+    assert model.stats()["replans"] >= 1
+    assert model.generate(PROMPTS, MAX_NEW) == reference  # graphs at the new sizes capture on first use
+    assert model.stats()["eager_fallbacks"] == 0
+
+
 # Bad input ----------------------------------------------------------------------------------
 
 
