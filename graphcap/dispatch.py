@@ -16,10 +16,23 @@ matters:
 The classification, every tensor leaf's dtype and shape (rows excluded) and
 every non-tensor leaf's value form the ``GraphKey``: two calls share a graph
 exactly when a graph captured for one is right for the other.
+
+The steady state decides in one lookup (``recall``). A *flat* call (every
+argument a tensor or a plain scalar) is looked up by its ``memo_key``: its
+argument names, batch rows and scalar values. ``remember`` stores there the
+key ``decide`` built and what each leaf's role rests on: the shapes and
+dtypes, a prefix view's address, a static leaf's identity, a staged leaf
+being no registry buffer nor its prefix. ``recall`` checks exactly that, in
+a few C-level passes, and returns the remembered decision, or None wherever
+``decide`` might decide otherwise. So a recalled decision is always the one
+``decide`` would make; calls holding tensors in containers or objects are
+decided every time.
 """
 
 from __future__ import annotations
 
+import itertools
+import operator
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
@@ -31,7 +44,7 @@ from graphcap.buckets import BucketMap
 from graphcap.buffers import StaticBuffers, dtype_name
 from graphcap.errors import CaptureError
 
-__all__ = ["BATCHED", "STATIC", "Dispatch", "Dispatcher", "GraphKey", "leaf_is_batched"]
+__all__ = ["BATCHED", "STATIC", "Dispatch", "Dispatcher", "GraphKey", "Recalled", "leaf_is_batched"]
 
 STATIC = "static"
 BATCHED = "batched"
@@ -43,6 +56,12 @@ _DTYPE_NAMES = {
     if hasattr(paddle, name)
 }
 _MAX_TREES = 1024
+_MEMOS_PER_KEY = 4
+# Argument values a flat call's signature holds by value (with their type: True and 1 differ).
+_SCALARS = frozenset((int, float, bool, str, type(None)))
+_Tensor = paddle.Tensor
+_TENSOR_TYPES = itertools.repeat(_Tensor)
+
 
 
 class GraphKey(NamedTuple):
@@ -83,6 +102,40 @@ def path_root(path: str) -> str:
     return re.split(r"[.\[]", path, maxsplit=1)[0]
 
 
+class Recalled(NamedTuple):
+    """A remembered decision: ``key``, the call's tensor leaves in key order, and the caller's ``target``.
+
+    ``target`` is what the caller attached at ``remember`` (the graph entry
+    of ``key``), so that the steady state needs no second lookup.
+    """
+
+    rows: int
+    key: GraphKey
+    leaves: list[paddle.Tensor]
+    target: Any
+
+
+class _Memo(NamedTuple):
+    """What one remembered decision rests on; every field is compared by one C-level pass in ``recall``."""
+
+    key: GraphKey
+    rows: int
+    order: tuple[int, ...]  # leaf i of the key is the call's (order[i])-th argument
+    shapes: list[list[int]]  # per leaf, as Paddle reports it (compared as lists: no tuple built per call)
+    dtypes: tuple[Any, ...]  # per leaf; Paddle's dtypes are singletons, compared with `is`
+    views: tuple[int, ...]  # leaves read in place from a registry buffer ...
+    view_ptrs: list[int]  # ... at these addresses
+    staged: tuple[int, ...]  # leaves copied into a staging buffer (so no registry buffer's prefix)
+    statics: tuple[int, ...]  # leaves the graph reads where they are ...
+    static_tensors: tuple[paddle.Tensor, ...]  # ... which must be these very tensors
+    # Batched because their rows matched (not the batch argument, not named in batched_args), so
+    # no registry buffer itself unless it is the call's batch tensor: looked at only when the rows
+    # equal some registry buffer's capacity (else no whole buffer has that shape).
+    by_shape: tuple[int, ...]
+    generation: int
+    target: Any
+
+
 class _TreeInfo(NamedTuple):
     paths: tuple[str, ...]
     overrides: tuple[str | None, ...]  # per leaf: "static", "batched" or None (decide by shape)
@@ -113,8 +166,10 @@ class Dispatcher:
         if overlap:
             raise CaptureError(f"{name}: {sorted(overlap)} named in both static_args and batched_args; pick one")
         self._trees: dict[Any, _TreeInfo] = {}
+        self._memos: dict[tuple[Any, ...], list[_Memo]] = {}
         self._owned_generation = -1
         self._owned: frozenset[int] = frozenset()
+        self._capacities: frozenset[int] = frozenset()
         self._views: dict[int, tuple[str, Any, tuple[int, ...]]] = {}
 
     def rows_of(self, bound: Mapping[str, Any]) -> int:
@@ -187,6 +242,119 @@ class Dispatcher:
                 append((STATIC, dtype_key, shape))
         return tree, leaves, tuple(layout)
 
+    def memo_key(self, bound: Mapping[str, Any]) -> tuple[Any, ...] | None:
+        """What ``recall`` looks up: a flat call's names, batch rows and scalar arguments (with their types).
+
+        None for a call that is not flat (an argument that is neither a
+        tensor nor a plain scalar: a container, an object, a Parameter) or
+        whose batch argument is not a tensor with rows.
+        """
+        batch = bound.get(self.batch_arg)
+        if type(batch) is not _Tensor:
+            return None
+        shape = batch.shape
+        if not shape:
+            return None
+        key: list[Any] = [tuple(bound), shape[0]]
+        for value in bound.values():
+            kind = type(value)
+            if kind is not _Tensor:
+                if kind not in _SCALARS:
+                    return None
+                key.append(kind)  # True and 1 are equal as keys but not as arguments
+                key.append(value)
+        return tuple(key)
+
+    def recall(self, memo_key: tuple[Any, ...], bound: Mapping[str, Any]) -> Recalled | None:
+        """The decision remembered for a call like this one, when ``decide`` would make it again; else None.
+
+        Like this one: the same ``memo_key`` (names, rows, scalar
+        arguments), every tensor of the same shape and dtype. And the roles
+        still hold: a prefix view at the same
+        address, a static leaf the very tensor, a staged leaf no registry
+        buffer or its prefix, registry buffers neither declared nor rebound.
+        """
+        memos = self._memos.get(memo_key)
+        if memos is None:
+            return None
+        generation = self.registry_buffers.generation
+        values = tuple(bound.values())
+        for memo in memos:
+            if memo.generation == generation:
+                leaves = [values[position] for position in memo.order]
+                if self._holds(memo, leaves, bound[self.batch_arg]):
+                    return Recalled(memo.rows, memo.key, leaves, memo.target)
+        return None
+
+    def _holds(self, memo: _Memo, leaves: list[Any], batch: Any) -> bool:
+        """Whether ``leaves`` have ``memo``'s types, shapes and dtypes, and its roles still hold for them.
+
+        ``decide`` makes any leaf that *is* the call's batch tensor batched,
+        whatever its position: a static leaf must not be it, and only such a
+        leaf may be a registry buffer where the rows made a leaf batched.
+        """
+        if (
+            not all(map(operator.is_, map(type, leaves), _TENSOR_TYPES))  # first: a scalar has no shape
+            or [leaf.shape for leaf in leaves] != memo.shapes
+            or not all(map(operator.is_, [leaf.dtype for leaf in leaves], memo.dtypes))
+        ):
+            return False
+        if memo.views and (
+            [leaves[index].data_ptr() for index in memo.views] != memo.view_ptrs
+            or not all([leaves[index].is_contiguous() for index in memo.views])
+        ):
+            return False
+        if memo.statics:
+            statics = [leaves[index] for index in memo.statics]
+            if not all(map(operator.is_, statics, memo.static_tensors)) or any(map(operator.is_, statics,
+                                                                                   itertools.repeat(batch))):
+                return False
+        views = self._views
+        if views and memo.staged and any([leaves[index].data_ptr() in views for index in memo.staged]):
+            return False
+        if not memo.by_shape:
+            return True
+        owned = self._owned
+        return not any([id(leaves[index]) in owned and leaves[index] is not batch for index in memo.by_shape])
+
+    def remember(self, memo_key: tuple[Any, ...], bound: Mapping[str, Any], decision: Dispatch, target: Any) -> None:
+        """Store ``decision`` (the key ``decide`` just built for ``bound``) for later calls like it.
+
+        ``target`` comes back with every ``recall``; ``memo_key`` is this
+        call's (so the call is flat). The memo holds the static leaves (the graph reads them anyway) and no
+        batched tensor.
+        """
+        key = decision.key
+        assert key is not None
+        names = tuple(bound)
+        values = tuple(bound.values())
+        positions = {name: index for index, name in enumerate(names)}
+        order = tuple(positions[name] for name in sorted(names) if type(bound[name]) is _Tensor)
+        leaves = decision.leaves
+        if len(order) != len(leaves) or any(values[position] is not leaf for position, leaf in zip(order, leaves)):
+            return
+        overrides = self._overrides(key.tree) if self._has_overrides else (None,) * len(order)
+        batch_index = order.index(positions[self.batch_arg])
+        batched = [index for index, layout in enumerate(key.layout) if leaf_is_batched(layout)]
+        views = tuple(index for index in batched if key.layout[index][3])
+        statics = tuple(index for index, layout in enumerate(key.layout) if not leaf_is_batched(layout))
+        memo = _Memo(
+            key=key, rows=decision.rows, order=order,
+            shapes=[leaf.shape for leaf in leaves], dtypes=tuple(leaf.dtype for leaf in leaves),
+            views=views, view_ptrs=[leaves[index].data_ptr() for index in views],
+            staged=tuple(index for index in batched if not key.layout[index][3]),
+            statics=statics, static_tensors=tuple(leaves[index] for index in statics),
+            by_shape=tuple(index for index in batched if index != batch_index and overrides[index] is None
+                           and decision.rows in self._capacities),
+            generation=self._owned_generation, target=target,
+        )
+        # A few decisions per memo key (another static tensor, dtype or row shape alternating with
+        # this one), the latest first; the oldest is forgotten.
+        kept = [other for other in self._memos.get(memo_key, ()) if other.key != key][: _MEMOS_PER_KEY - 1]
+        if len(self._memos) >= _MAX_TREES:
+            self._memos.clear()
+        self._memos[memo_key] = [memo, *kept]
+
     def unhashable(self, tree: Any) -> CaptureError:
         """The error for a tree with an unhashable non-tensor leaf, naming its path and the fix."""
         found = pytree.find_unhashable(tree)
@@ -198,8 +366,9 @@ class Dispatcher:
         )
 
     def clear(self) -> None:
-        """Forget the per-tree caches (they hold the argument values they were built from)."""
+        """Forget the per-tree caches and remembered decisions (they hold the argument values they were built from)."""
         self._trees.clear()
+        self._memos.clear()
 
     def _overrides(self, tree: Any) -> tuple[str | None, ...]:
         try:
@@ -241,4 +410,5 @@ class Dispatcher:
             for name, tensor in tensors.items()
             if buffers.spec(name).capacity >= largest
         }
+        self._capacities = frozenset(buffers.spec(name).capacity for name in tensors)
         self._owned_generation = buffers.generation

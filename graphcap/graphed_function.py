@@ -8,7 +8,9 @@
    every leaf classified batched or static from this call's shapes, and the
    ``GraphKey`` built. With ``sync_ranks`` the bucket and whether to replay,
    capture or run eagerly are agreed with the other ranks first
-   (``graphcap.agreement``).
+   (``graphcap.agreement``). A flat call like an earlier one (the same
+   names, rows, scalars, shapes, dtypes and leaf roles) is decided in one
+   lookup instead (``Dispatcher.recall``): the decision ``decide`` made then.
 3. *Execute* (``graphcap.runner``): an unknown key is captured (warmups,
    purity check, row probe, capture, verification); a known one has its
    batched leaves staged into their static buffers, its checks run
@@ -147,7 +149,16 @@ class GraphedFunction:
         if not self.enabled:
             return self.__wrapped__(*args, **kwargs)
         bound = self.binder.bind(args, kwargs)
-        decision = self._dispatcher.decide(bound)
+        dispatcher = self._dispatcher
+        memo_key = dispatcher.memo_key(bound)
+        recalled = dispatcher.recall(memo_key, bound) if memo_key is not None else None
+        if recalled is not None:
+            entry = recalled.target
+            if entry.graph is not None and entry.failure is None:
+                # The steady state: one lookup decided; stage, check and replay.
+                self._runner.stage(entry, recalled.leaves, recalled.rows)
+                return self._replay(entry, bound, recalled.leaves, recalled.rows)
+        decision = dispatcher.decide(bound)
         key, rows = decision.key, decision.rows
         if key is None:
             return self._eager(bound, rows, None, decision.reason)
@@ -161,6 +172,8 @@ class GraphedFunction:
             self._runner.stage(entry, decision.leaves, rows)
         if entry.failure is not None:
             return self._eager(bound, rows, key.bucket, entry.failure, entry)
+        if memo_key is not None:
+            dispatcher.remember(memo_key, bound, decision, entry)
         return self._replay(entry, bound, decision.leaves, rows)
 
     def replay(self, rows: int, **static: Any) -> Any:
