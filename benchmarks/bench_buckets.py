@@ -6,8 +6,8 @@ For every trace in ``benchmarks/traces/`` (see ``make_traces.py``) it measures t
 padding waste, padded rows / real rows, of
 
 * the default capture-size lists of FastDeploy, vLLM, SGLang and TensorRT-LLM
-  (rules in ``graphcap.capture_sizes``, each citing its source), and
-* graphcap's size planner (``graphcap.size_planner.plan_capture_sizes``)
+  (rules in ``graphcap.decide.capture_sizes``, each citing its source), and
+* graphcap's size planner (``graphcap.decide.size_planner.plan_capture_sizes``)
   given the *same number of graphs* as each of those lists.
 
 How each engine's list is sized: an engine is configured with the smallest
@@ -42,8 +42,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from graphcap.capture_sizes import ENGINE_RULES  # noqa: E402
-from graphcap.size_planner import (  # noqa: E402
+from graphcap.decide.capture_sizes import ENGINE_RULES  # noqa: E402
+from graphcap.decide.size_planner import (  # noqa: E402
     format_padding_table,
     load_trace,
     padding_waste,

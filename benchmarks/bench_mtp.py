@@ -318,7 +318,7 @@ def main() -> None:
     parser.add_argument("--flip", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.backend == "device":
-        from graphcap.backends import device_graphs_supported
+        from graphcap.execute.backends import device_graphs_supported
 
         if not device_graphs_supported():
             sys.exit("--backend device needs a CUDA/XPU build of Paddle with graph support and a device")

@@ -113,7 +113,7 @@ def bench(rounds: int, inner: int, rows: int = 6, bucket: int = 8) -> dict[str, 
         decided_reg.buffers.declare(name, [bucket, 16], "float32")
         decided_reg.buffers.write(name, inputs[name])
     decided_graphed = decided_reg.graphed("bench", batch_arg="x0")(forward)
-    decided_graphed._dispatcher.recall = lambda memo_key, bound: None  # type: ignore[method-assign]
+    decided_graphed._dispatcher.recall = lambda bound: None  # type: ignore[method-assign]
     decided_inputs = {name: decided_reg.buffers[name][:rows] for name in inputs}
     decided_graphed(**decided_inputs)  # capture
     zero_buffers = {name: zero_reg.buffers[name] for name in inputs}

@@ -29,8 +29,8 @@ from typing import Any
 import paddle
 
 from graphcap import CaptureRegistry, GraphConfig
-from graphcap.capture_sizes import fastdeploy_sizes
-from graphcap.size_planner import load_trace, padding_waste, plan_capture_sizes
+from graphcap.decide.capture_sizes import fastdeploy_sizes
+from graphcap.decide.size_planner import load_trace, padding_waste, plan_capture_sizes
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"

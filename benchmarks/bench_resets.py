@@ -28,7 +28,7 @@ import numpy as np
 import paddle
 
 from graphcap import CaptureRegistry, GraphConfig
-from graphcap.backends.static import EXECUTORS
+from graphcap.execute.backends.static import EXECUTORS
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SIZES = (1, 2, 4)

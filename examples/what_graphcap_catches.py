@@ -33,7 +33,7 @@ from graphcap import (  # noqa: E402
     CaptureSafetyError,
     GraphConfig,
 )
-from graphcap.backends.eager import EagerBackend  # noqa: E402
+from graphcap.execute.backends.eager import EagerBackend  # noqa: E402
 from graphcap.trust.reachable import Reachable  # noqa: E402
 
 paddle.set_device("cpu")

@@ -53,8 +53,8 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from graphcap.capture_plan import format_capture_plan, make_capture_plan
     from graphcap.config import GraphConfig
+    from graphcap.decide.capture_plan import format_capture_plan, make_capture_plan
     from graphcap.mtp.graph_specs import mtp_graph_specs
 
     # The MTP engine's graphs under this config; with --max-graphs the size planner's sizes for its target.

@@ -136,13 +136,13 @@ class GraphConfig:
             before staging, on one decision per step (the largest row count,
             which buckets replay, capture or run eagerly), so graphs holding
             collectives are replayed and captured in lockstep; see
-            ``graphcap.agreement``. Needs an initialized parallel environment.
+            ``graphcap.decide.agreement``. Needs an initialized parallel environment.
         max_graphs_per_bucket: graphs one function may hold for one bucket
             (argument trees with other non-tensor values, shapes or roles);
             past it, calls run eagerly, counted with the arguments that vary.
         trace: batch sizes in requests per step (a sequence or a file) for
             ``capture_sizes="auto"``; the size planner
-            (``graphcap.size_planner``) picks the sizes.
+            (``graphcap.decide.size_planner``) picks the sizes.
         max_graphs: graph budget per graph name for ``capture_sizes="auto"``.
         on_row_interaction: when filling a bucket's padding rows two ways
             (the padding rule, and a poison) changes a real row at capture, the
@@ -238,7 +238,7 @@ class GraphConfig:
         """The backend ``auto`` stands for on this machine."""
         if self.backend != "auto":
             return self.backend
-        from graphcap.backends import device_graphs_supported
+        from graphcap.execute.backends import device_graphs_supported
 
         return "device" if device_graphs_supported() else "static"
 
@@ -248,13 +248,13 @@ class GraphConfig:
         ``None`` means 1+k (the target verify step). Explicit sizes are rows for
         the target step and are rescaled for other row counts per request.
         """
-        from graphcap import buckets
+        from graphcap.decide import buckets
 
         rpr = self.rows_per_request if rows_per_request is None else rows_per_request
         if self.capture_sizes is None:
             return buckets.default_capture_sizes(self.max_capture_size, multiplier=rpr)
         if self.capture_sizes == "auto":
-            from graphcap import size_planner
+            from graphcap.decide import size_planner
 
             trace = self.trace
             requests = size_planner.load_trace(trace) if isinstance(trace, (str, os.PathLike)) else list(trace)

@@ -1,17 +1,17 @@
 """``GraphedFunction``: one graphed function's call path, on one screen.
 
 1. *Bind*: positional and keyword arguments -> one name -> value mapping.
-2. *Decide* (``graphcap.dispatch``, pure): the batch argument's rows pick the
+2. *Decide* (``graphcap.decide.dispatch``, pure): the batch argument's rows pick the
    bucket; zero rows run the original function, rows above the largest bucket
    run it eagerly (counted, with the reason). Otherwise the argument tree is
    flattened (tensors inside tuples, lists, dicts and objects are leaves),
    every leaf classified batched or static from this call's shapes, and the
    ``GraphKey`` built. With ``sync_ranks`` the bucket and whether to replay,
    capture or run eagerly are agreed with the other ranks first
-   (``graphcap.agreement``). A flat call like an earlier one (the same
+   (``graphcap.decide.agreement``). A flat call like an earlier one (the same
    names, rows, scalars, shapes, dtypes and leaf roles) is decided in one
    lookup instead (``Dispatcher.recall``): the decision ``decide`` made then.
-3. *Execute* (``graphcap.runner``): an unknown key is captured (warmups,
+3. *Execute* (``graphcap.execute.runner``): an unknown key is captured (warmups,
    purity check, row probe, capture, verification); a known one has its
    batched leaves staged into their static buffers, its checks run
    (``graphcap.trust.at_replay``), and its graph replayed. Outputs come back in the
@@ -30,16 +30,16 @@ from typing import Any
 
 import paddle
 
-from graphcap import pytree
-from graphcap.agreement import EAGER, MISSING, READY, RankAgreement, StepAgreement
-from graphcap.backends import Backend
-from graphcap.binding import CallBinder
-from graphcap.buckets import BucketMap, PaddingStats
 from graphcap.buffers import StaticBuffers, pad_rows
 from graphcap.config import GraphConfig
-from graphcap.dispatch import Dispatcher, GraphKey, leaf_is_batched, path_root
+from graphcap.decide import pytree
+from graphcap.decide.agreement import EAGER, MISSING, READY, RankAgreement, StepAgreement
+from graphcap.decide.binding import CallBinder
+from graphcap.decide.buckets import BucketMap, PaddingStats
+from graphcap.decide.dispatch import Dispatcher, GraphKey, leaf_is_batched, path_root
 from graphcap.errors import AddressStabilityError, CaptureError
-from graphcap.runner import NO_RESULT, GraphEntry, GraphRunner
+from graphcap.execute.backends import Backend
+from graphcap.execute.runner import NO_RESULT, GraphEntry, GraphRunner
 from graphcap.stats import RegistryStats
 from graphcap.trust import in_production
 from graphcap.trust.at_capture_purity import host_copies
@@ -150,8 +150,7 @@ class GraphedFunction:
             return self.__wrapped__(*args, **kwargs)
         bound = self.binder.bind(args, kwargs)
         dispatcher = self._dispatcher
-        memo_key = dispatcher.memo_key(bound)
-        recalled = dispatcher.recall(memo_key, bound) if memo_key is not None else None
+        recalled = dispatcher.recall(bound)
         if recalled is not None:
             entry = recalled.target
             if entry.graph is not None and entry.failure is None:
@@ -172,8 +171,7 @@ class GraphedFunction:
             self._runner.stage(entry, decision.leaves, rows)
         if entry.failure is not None:
             return self._eager(bound, rows, key.bucket, entry.failure, entry)
-        if memo_key is not None:
-            dispatcher.remember(memo_key, bound, decision, entry)
+        dispatcher.remember(bound, decision, entry)
         return self._replay(entry, bound, decision.leaves, rows)
 
     def replay(self, rows: int, **static: Any) -> Any:
@@ -353,7 +351,7 @@ class GraphedFunction:
     def _call_in_lockstep(self, bound: dict[str, Any]) -> Any:
         """One call with every rank of the group: the same bucket, and replay / capture / eager together.
 
-        See ``graphcap.agreement``. Inside ``registry.step()`` the step's
+        See ``graphcap.decide.agreement``. Inside ``registry.step()`` the step's
         agreement (made from each function's last key) decides; otherwise
         this call agrees on its own, with one collective.
         """

@@ -21,12 +21,12 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
-from graphcap.agreement import RankAgreement, StepAgreement
-from graphcap.backends import Backend, make_backend
 from graphcap.buffers import StaticBuffers
 from graphcap.config import GraphConfig
-from graphcap.dispatch import GraphKey
+from graphcap.decide.agreement import RankAgreement, StepAgreement
+from graphcap.decide.dispatch import GraphKey
 from graphcap.errors import CaptureError, ConfigError
+from graphcap.execute.backends import Backend, make_backend
 from graphcap.graphed_function import GraphedFunction, refuse_unbound_method
 from graphcap.stats import RegistryStats
 
@@ -80,7 +80,7 @@ class CaptureRegistry:
         agreement = RankAgreement(group, self.stats_counters) if self.config.sync_ranks else None
         self.agreement = agreement if agreement is not None and agreement.world_size > 1 else None
         self.current_step: StepAgreement | None = None
-        # Graph name -> weighted rows histogram of the traffic folded in by replan() (graphcap.replan).
+        # Graph name -> weighted rows histogram of the traffic folded in by replan() (graphcap.decide.replan).
         self._traffic: dict[str, dict[int, int]] = {}
         self._steps = 0  # registry.step() calls, for replan_every
         self._in_step = False  # inside registry.step(): replan() must wait for the step to end
@@ -241,14 +241,14 @@ class CaptureRegistry:
         return captured
 
     def plan(self, trace: Sequence[int] | None = None) -> Any:
-        """The capture plan of this registry's graphed functions (``graphcap.capture_plan.CapturePlan``).
+        """The capture plan of this registry's graphed functions (``graphcap.decide.capture_plan.CapturePlan``).
 
         Lists each graph's buckets, flags sizes that are not multiples of its
         rows per request, and with ``trace`` (request counts per step) gives
         the padding waste to expect. After a run, ``stats()["per_graph"]``
         holds the real vs padded rows that were actually seen.
         """
-        from graphcap.capture_plan import GraphSpec, make_capture_plan
+        from graphcap.decide.capture_plan import GraphSpec, make_capture_plan
 
         specs = [
             GraphSpec(name=fn.name, sizes=fn.buckets.sizes, rows_per_request=fn.rows_per_request)
@@ -261,7 +261,7 @@ class CaptureRegistry:
         """Re-plan every graphed function's capture sizes from the traffic it saw; returns name -> sizes.
 
         Each function's rows since the last re-plan are folded into its
-        history (older steps count half per re-plan, ``graphcap.replan``), the
+        history (older steps count half per re-plan, ``graphcap.decide.replan``), the
         exact planner picks at most ``max_graphs`` sizes (None: as many as it
         had before its first re-plan; ``memory_budget`` bytes may lower it,
         a graph's bytes being its static outputs) keeping the largest size, and the plan is adopted when it pads at least ``min_gain`` (a
@@ -276,7 +276,7 @@ class CaptureRegistry:
         graph per function, or a budget before any graph was captured, and
         ``CaptureError`` inside ``step()``; nothing changes then.
         """
-        from graphcap.replan import decide_sizes, fold_traffic, graphs_in_budget
+        from graphcap.decide.replan import decide_sizes, fold_traffic, graphs_in_budget
         from graphcap.validators import positive_int
 
         limit = None if max_graphs is None else positive_int(max_graphs, "max_graphs")

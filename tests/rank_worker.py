@@ -20,7 +20,7 @@ import paddle
 import paddle.distributed as dist
 
 from graphcap import CaptureRegistry, GraphConfig
-from graphcap.backends.eager import EagerBackend
+from graphcap.execute.backends.eager import EagerBackend
 
 
 def registry(backend: str = "eager", **overrides: Any) -> CaptureRegistry:

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from graphcap.buckets import BucketMap, PaddingStats
+from graphcap.decide.buckets import BucketMap, PaddingStats
 from graphcap.errors import StaticBufferError
 
 

@@ -5,7 +5,7 @@ import pytest
 
 from graphcap import CaptureRegistry, GraphConfig
 from graphcap.__main__ import main
-from graphcap.capture_plan import GraphSpec, format_capture_plan, make_capture_plan
+from graphcap.decide.capture_plan import GraphSpec, format_capture_plan, make_capture_plan
 from graphcap.mtp.graph_specs import mtp_graph_specs
 
 

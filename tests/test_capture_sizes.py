@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from graphcap.capture_sizes import ENGINE_RULES, fastdeploy_sizes, sglang_sizes, trtllm_sizes, vllm_sizes
+from graphcap.decide.capture_sizes import (
+    ENGINE_RULES,
+    fastdeploy_sizes,
+    sglang_sizes,
+    trtllm_sizes,
+    vllm_sizes,
+)
 from graphcap.errors import ConfigError
 
 

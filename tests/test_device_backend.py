@@ -13,9 +13,9 @@ import paddle
 import pytest
 
 from graphcap import AddressStabilityError, CaptureRegistry, ConfigError, GraphConfig
-from graphcap.backends import device_graphs_supported
-from graphcap.backends.device import DeviceBackend
-from graphcap.backends.device_double import ReplayingGraph, double_backend
+from graphcap.execute.backends import device_graphs_supported
+from graphcap.execute.backends.device import DeviceBackend
+from graphcap.execute.backends.device_double import ReplayingGraph, double_backend
 
 
 def registry(log: list, sizes=(1, 2, 4), **options) -> CaptureRegistry:

@@ -54,7 +54,7 @@ from graphcap import (
     GraphConfig,
     StaticBufferError,
 )
-from graphcap.backends.device_double import double_backend
+from graphcap.execute.backends.device_double import double_backend
 from graphcap.models.corpus import make_prompts
 from graphcap.models.tiny_lm import load_tiny_lm
 from graphcap.mtp.engine import MTPEngine, Request, SamplingOptions

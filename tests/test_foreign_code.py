@@ -56,7 +56,7 @@ from graphcap import (
     GraphConfig,
     allow_host_reads,
 )
-from graphcap.backends.eager import EagerBackend
+from graphcap.execute.backends.eager import EagerBackend
 
 BACKENDS = ["eager", "static"]
 

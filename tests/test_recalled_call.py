@@ -56,9 +56,7 @@ def _call(f, **arguments):
 
 
 def _recalled(f, arguments) -> bool:
-    dispatcher = f._dispatcher
-    key = dispatcher.memo_key(arguments)
-    return key is not None and dispatcher.recall(key, arguments) is not None
+    return f._dispatcher.recall(arguments) is not None
 
 
 def test_recalled_decision_is_decides_for_every_row_count():
@@ -69,7 +67,7 @@ def test_recalled_decision_is_decides_for_every_row_count():
         _call(f, **arguments)  # decided, then remembered
         for _ in range(2):
             arguments["y"] = paddle.randn([rows, 4])  # a fresh staged tensor each step
-            recalled = f._dispatcher.recall(f._dispatcher.memo_key(arguments), arguments)
+            recalled = f._dispatcher.recall(arguments)
             decided = f._dispatcher.decide(arguments)
             assert recalled is not None and recalled.key == decided.key and recalled.rows == rows
             assert all(a is b for a, b in zip(recalled.leaves, decided.leaves))

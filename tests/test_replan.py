@@ -12,8 +12,8 @@ import paddle
 import pytest
 
 from graphcap import CaptureError, CaptureRegistry, ConfigError, GraphConfig
-from graphcap.replan import decide_sizes, fold_traffic, padded_rows
-from graphcap.size_planner import plan_capture_sizes
+from graphcap.decide.replan import decide_sizes, fold_traffic, padded_rows
+from graphcap.decide.size_planner import plan_capture_sizes
 
 SIZES = (1, 2, 4, 8, 16)
 

@@ -18,7 +18,7 @@ import numpy as np
 import paddle
 
 from graphcap import CaptureRegistry, GraphConfig
-from graphcap.backends.static import EXECUTORS
+from graphcap.execute.backends.static import EXECUTORS
 
 BENCH_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
 

@@ -10,9 +10,9 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from graphcap.capture_sizes import fastdeploy_sizes
+from graphcap.decide.capture_sizes import fastdeploy_sizes
+from graphcap.decide.size_planner import format_padding_table, load_trace, padding_waste, plan_capture_sizes
 from graphcap.errors import ConfigError
-from graphcap.size_planner import format_padding_table, load_trace, padding_waste, plan_capture_sizes
 
 
 def cost(trace: list[int], sizes: tuple[int, ...], cap: int | None = None) -> int:

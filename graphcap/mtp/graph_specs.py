@@ -7,9 +7,9 @@ these, so the plan cannot drift from what an engine captures.
 
 from __future__ import annotations
 
-from graphcap.buckets import capped_sizes
-from graphcap.capture_plan import GraphSpec
 from graphcap.config import GraphConfig
+from graphcap.decide.buckets import capped_sizes
+from graphcap.decide.capture_plan import GraphSpec
 
 
 def mtp_graph_specs(config: GraphConfig, *, max_batch: int | None = None) -> list[GraphSpec]:

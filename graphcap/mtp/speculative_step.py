@@ -35,7 +35,7 @@ from typing import Any, Protocol
 
 import paddle
 
-from graphcap.capture_plan import GraphSpec
+from graphcap.decide.capture_plan import GraphSpec
 from graphcap.graphed_function import call_in_place
 from graphcap.mtp.accept import accepted_prefix
 from graphcap.mtp.graph_specs import mtp_graph_specs

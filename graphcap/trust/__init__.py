@@ -13,7 +13,7 @@ file                    what it guarantees
 ``graph_safe_ops``      ops that vouch for their own graph safety (the guard lets them through)
 ======================  ==========================================================================
 
-The runner (``graphcap.runner``) consults the ``at_capture_*`` files while it
+The runner (``graphcap.execute.runner``) consults the ``at_capture_*`` files while it
 captures and hands ``at_replay``'s check to the entry; ``GraphedFunction``
 runs the replay check and the shadow check. Nothing here imports the runner,
 the registry or a backend: trust is consulted, it does not execute.

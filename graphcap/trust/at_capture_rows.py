@@ -28,7 +28,7 @@ import attrs
 import numpy as np
 import paddle
 
-from graphcap import pytree
+from graphcap.decide import pytree
 from graphcap.errors import CaptureSafetyError
 from graphcap.failures import CaptureFailed
 from graphcap.trust import tolerance

@@ -24,7 +24,7 @@ from typing import Any
 import attrs
 import numpy as np
 
-from graphcap import pytree
+from graphcap.decide import pytree
 from graphcap.trust import tolerance
 from graphcap.trust.at_capture_purity import first_difference, host_copies
 

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import paddle
 
-from graphcap.pytree import slot_names
+from graphcap.decide.pytree import slot_names
 
 __all__ = ["MAX_DEPTH", "MISSING", "Edge", "Reachable", "code_names", "scan"]
 

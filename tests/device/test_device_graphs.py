@@ -13,7 +13,7 @@ import paddle
 import pytest
 
 from graphcap import AddressStabilityError, CaptureRegistry, GraphConfig
-from graphcap.backends import device_graphs_supported
+from graphcap.execute.backends import device_graphs_supported
 
 pytestmark = [
     pytest.mark.device,

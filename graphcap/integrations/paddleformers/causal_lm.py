@@ -31,8 +31,8 @@ import attrs
 import numpy as np
 import paddle
 
-from graphcap.buckets import capped_sizes
 from graphcap.config import GraphConfig
+from graphcap.decide.buckets import capped_sizes
 from graphcap.errors import ConfigError
 from graphcap.graphed_function import call_in_place
 from graphcap.integrations.paddleformers.cache import StaticCache

@@ -41,7 +41,7 @@ class Backend(Protocol):
     def forms(self, fn: Callable[..., Any], reachable: Any = None) -> list[Any]:
         """The forms of ``fn`` a capture may call, to try in order (``[fn]`` but for ``static``).
 
-        A form may be a ``Refused`` marker (``graphcap.backends.static``) carrying the
+        A form may be a ``Refused`` marker (``graphcap.execute.backends.static``) carrying the
         reason the backend will not trace ``fn`` that way.
         """
 
@@ -83,15 +83,15 @@ def device_graphs_supported() -> bool:
 def make_backend(name: str) -> Backend:
     """The backend called ``name`` (``eager``, ``static`` or ``device``)."""
     if name == "eager":
-        from graphcap.backends.eager import EagerBackend
+        from graphcap.execute.backends.eager import EagerBackend
 
         return EagerBackend()
     if name == "static":
-        from graphcap.backends.static import StaticBackend
+        from graphcap.execute.backends.static import StaticBackend
 
         return StaticBackend()
     if name == "device":
-        from graphcap.backends.device import DeviceBackend
+        from graphcap.execute.backends.device import DeviceBackend
 
         return DeviceBackend()
     raise ConfigError(f"'backend' must be one of eager, static, device (got {name!r})")

@@ -44,14 +44,15 @@ from typing import Any
 import attrs
 import paddle
 
-from graphcap import failures, pytree
-from graphcap.backends import Backend, Graph
-from graphcap.backends.static import Refused
-from graphcap.binding import CallBinder
+from graphcap import failures
 from graphcap.buffers import StaticBuffers, dtype_name, pad_rows
 from graphcap.config import GraphConfig
-from graphcap.dispatch import GraphKey, leaf_is_batched
+from graphcap.decide import pytree
+from graphcap.decide.binding import CallBinder
+from graphcap.decide.dispatch import GraphKey, leaf_is_batched
 from graphcap.errors import CaptureError, CaptureSafetyError, GraphCapError
+from graphcap.execute.backends import Backend, Graph
+from graphcap.execute.backends.static import Refused
 from graphcap.failures import CaptureFailed
 from graphcap.stats import RegistryStats
 from graphcap.trust import at_capture_guard as guard

@@ -18,7 +18,7 @@ from typing import Any
 
 import attrs
 
-from graphcap import size_planner
+from graphcap.decide import size_planner
 
 
 def _ascending(sizes: Iterable[int]) -> tuple[int, ...]:

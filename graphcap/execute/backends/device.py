@@ -22,7 +22,7 @@ bucket and every bucket writes a prefix of it.
 
 Nothing here runs on the CPU build of Paddle (constructing ``CUDAGraph``
 raises there). The protocol is tested on CPU with ``ReplayingGraph``
-(``graphcap.backends.device_double``), a test double with device semantics,
+(``graphcap.execute.backends.device_double``), a test double with device semantics,
 and the real hardware tests in ``tests/device/`` skip without a device.
 """
 

@@ -9,7 +9,7 @@ exactly, by dynamic programming. The module also reads trace files
 (:func:`load_trace`), measures the padding of any size list
 (:func:`padding_waste`) and tabulates several lists side by side
 (:func:`format_padding_table`), e.g. against the engines' default lists of
-``graphcap.capture_sizes`` (``benchmarks/bench_buckets.py``).
+``graphcap.decide.capture_sizes`` (``benchmarks/bench_buckets.py``).
 It imports numpy only, never paddle.
 """
 

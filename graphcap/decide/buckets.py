@@ -11,7 +11,7 @@ from collections.abc import Iterable
 
 import attrs
 
-from graphcap.capture_sizes import fastdeploy_sizes
+from graphcap.decide.capture_sizes import fastdeploy_sizes
 from graphcap.errors import ConfigError, StaticBufferError
 
 __all__ = ["BucketMap", "PaddingStats", "capped_sizes", "default_capture_sizes"]

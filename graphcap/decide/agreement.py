@@ -95,7 +95,7 @@ class StepAgreement:
 
     rows: int
     busy: bool
-    states: dict[str, list[int]]  # graph name -> state per bucket (graphcap.agreement)
+    states: dict[str, list[int]]  # graph name -> state per bucket (graphcap.decide.agreement)
     rows_per_request: int
 
     def rows_for(self, graphed_fn: Any) -> int:

@@ -39,9 +39,9 @@ from typing import Any, NamedTuple
 
 import paddle
 
-from graphcap import pytree
-from graphcap.buckets import BucketMap
 from graphcap.buffers import StaticBuffers, dtype_name
+from graphcap.decide import pytree
+from graphcap.decide.buckets import BucketMap
 from graphcap.errors import CaptureError
 
 __all__ = ["BATCHED", "STATIC", "Dispatch", "Dispatcher", "GraphKey", "Recalled", "leaf_is_batched"]
@@ -265,7 +265,7 @@ class Dispatcher:
                 key.append(value)
         return tuple(key)
 
-    def recall(self, memo_key: tuple[Any, ...], bound: Mapping[str, Any]) -> Recalled | None:
+    def recall(self, bound: Mapping[str, Any]) -> Recalled | None:
         """The decision remembered for a call like this one, when ``decide`` would make it again; else None.
 
         Like this one: the same ``memo_key`` (names, rows, scalar
@@ -274,7 +274,8 @@ class Dispatcher:
         address, a static leaf the very tensor, a staged leaf no registry
         buffer or its prefix, registry buffers neither declared nor rebound.
         """
-        memos = self._memos.get(memo_key)
+        memo_key = self.memo_key(bound)
+        memos = self._memos.get(memo_key) if memo_key is not None else None
         if memos is None:
             return None
         generation = self.registry_buffers.generation
@@ -317,15 +318,17 @@ class Dispatcher:
         owned = self._owned
         return not any([id(leaves[index]) in owned and leaves[index] is not batch for index in memo.by_shape])
 
-    def remember(self, memo_key: tuple[Any, ...], bound: Mapping[str, Any], decision: Dispatch, target: Any) -> None:
+    def remember(self, bound: Mapping[str, Any], decision: Dispatch, target: Any) -> None:
         """Store ``decision`` (the key ``decide`` just built for ``bound``) for later calls like it.
 
-        ``target`` comes back with every ``recall``; ``memo_key`` is this
-        call's (so the call is flat). The memo holds the static leaves (the graph reads them anyway) and no
+        ``target`` comes back with every ``recall``. Only a flat call (one
+        with a ``memo_key``) is remembered. The memo holds the static leaves (the graph reads them anyway) and no
         batched tensor.
         """
         key = decision.key
-        assert key is not None
+        memo_key = self.memo_key(bound)
+        if key is None or memo_key is None:
+            return
         names = tuple(bound)
         values = tuple(bound.values())
         positions = {name: index for index, name in enumerate(names)}

@@ -5,9 +5,9 @@ cited beside it) and has the signature ``rule(max_size, *, multiplier=1)``:
 the sizes up to ``max_size`` requests, ascending, each times ``multiplier``
 (1+k rows per request with k draft tokens). FastDeploy's list is graphcap's
 default (``GraphConfig.capture_sizes=None``, through
-``graphcap.buckets.default_capture_sizes``); the others are baselines that
+``graphcap.decide.buckets.default_capture_sizes``); the others are baselines that
 ``benchmarks/bench_buckets.py`` compares the size planner
-(``graphcap.size_planner``) against. This module sits at the bottom of
+(``graphcap.decide.size_planner``) against. This module sits at the bottom of
 graphcap's layers: it imports no paddle and nothing of graphcap but its
 argument checks.
 """

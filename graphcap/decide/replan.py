@@ -19,9 +19,9 @@ from collections.abc import Mapping, Sequence
 
 import attrs
 
-from graphcap.buckets import BucketMap
+from graphcap.decide.buckets import BucketMap
+from graphcap.decide.size_planner import plan_capture_sizes_from_counts
 from graphcap.errors import ConfigError
-from graphcap.size_planner import plan_capture_sizes_from_counts
 
 __all__ = ["ReplanDecision", "decide_sizes", "fold_traffic", "graphs_in_budget", "padded_rows"]
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from graphcap.backends.device import DeviceBackend
+from graphcap.execute.backends.device import DeviceBackend
 
 __all__ = ["ReplayingGraph", "double_backend"]
 
