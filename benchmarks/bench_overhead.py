@@ -77,7 +77,7 @@ def forward(**inputs: paddle.Tensor) -> paddle.Tensor:
 
 
 def bench(rounds: int, inner: int, rows: int = 6, bucket: int = 8) -> dict[str, object]:
-    """Run the three comparisons and return their medians and ratios."""
+    """Run the five comparisons and return their medians, ratios and dispatch counts."""
     paddle.set_device("cpu")
     inputs = {f"x{index}": paddle.randn([rows, 16]) for index in range(NUM_INPUTS)}
     cfg = GraphConfig(use_graph=True, backend="eager", capture_sizes=(1, 2, 4, bucket))
