@@ -87,6 +87,30 @@ def _convert_sizes(value: Any) -> Any:
     return tuple(sorted(set(sizes)))
 
 
+def _convert_prefill_sizes(value: Any) -> tuple[int, ...] | None:
+    """``prefill_capture_sizes``: None (off), or token counts, positive and strictly ascending."""
+    if value is None:
+        return None
+    allowed = "a non-empty, strictly ascending sequence of positive token counts such as (16, 32, 64), or None (off)"
+    if isinstance(value, (str, bytes)):
+        raise ConfigError(f"'prefill_capture_sizes' must be {allowed} (got {value!r})")
+    try:
+        sizes = tuple(value)
+    except TypeError:
+        raise ConfigError(f"'prefill_capture_sizes' must be {allowed} (got {value!r})") from None
+    if not sizes:
+        raise ConfigError(f"'prefill_capture_sizes' must not be empty; it must be {allowed}")
+    for size in sizes:
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ConfigError(f"'prefill_capture_sizes' must hold positive integers (got {size!r} in {value!r})")
+    if any(later <= earlier for earlier, later in zip(sizes, sizes[1:])):
+        raise ConfigError(
+            f"'prefill_capture_sizes' must be strictly ascending (got {list(sizes)}; sorted and without repeats: "
+            f"{sorted(set(sizes))})"
+        )
+    return sizes
+
+
 def _convert_trace(value: Any) -> Any:
     if value is None or isinstance(value, (str, os.PathLike)):
         return value
@@ -108,6 +132,12 @@ class GraphConfig:
             FastDeploy's 1, 2, 4, 8..128 step 8, 144..256 step 16, 288..1024 step
             32 and the maximum, capped at ``max_capture_size`` requests, times 1+k.
         max_capture_size: the largest batch, in requests, of the default list.
+        prefill_capture_sizes: token counts a prompt is padded to for a
+            prefill graph (``GraphedCausalLM``: prompts admitted in one step
+            are prefilled together, bucketed on rows and on tokens); None
+            (default) prefills every prompt eagerly, one at a time, as
+            FastDeploy does with its prefill list unset. Strictly ascending,
+            each at most the engine's ``max_len``.
         num_speculative_tokens: k, the MTP draft tokens per step (0 = none).
         draft_use_graph: graphs for the draft steps, independently of the target's.
         num_warmups: eager runs before each capture (default 2, at least 1:
@@ -184,6 +214,7 @@ class GraphConfig:
     backend: str = attrs.field(default="auto", validator=_check_choice(BACKENDS))
     capture_sizes: tuple[int, ...] | str | None = attrs.field(default=None, converter=_convert_sizes)
     max_capture_size: int = _int_field("max_capture_size", DEFAULT_MAX_CAPTURE_SIZE, 1)
+    prefill_capture_sizes: tuple[int, ...] | None = attrs.field(default=None, converter=_convert_prefill_sizes)
     num_speculative_tokens: int = _int_field("num_speculative_tokens", 0, 0)
     draft_use_graph: bool = attrs.field(default=True, validator=_check_bool)
     num_warmups: int = _int_field("num_warmups", 2, 1)

@@ -44,6 +44,7 @@ from graphcap.integrations.paddleformers.drafts import (
     mtp_layer_count,
 )
 from graphcap.integrations.paddleformers.model_check import check_decoding
+from graphcap.integrations.paddleformers.prefill import PrefillGraphs
 from graphcap.integrations.paddleformers.speculative import PaddleFormersPair, prefill_with_draft
 from graphcap.mtp.speculative_step import SpeculativeStep
 from graphcap.ops.sampler import sample_plain
@@ -98,6 +99,7 @@ class GraphedCausalLM:
         """
         _check_model(model, max_batch=max_batch, max_len=max_len)
         _check_speculation(model, config, draft)
+        _check_prefill(config, draft)
         self.model = model
         self.config = config
         self.max_batch = max_batch
@@ -123,6 +125,8 @@ class GraphedCausalLM:
                                                  capture_sizes=capped_sizes(config.sizes_for(1), max_batch))(self._step)
         self.speculative = None if draft is None else self._speculative_step(
             _build_draft(self, draft, check_model=check_model))
+        sizes = config.prefill_capture_sizes
+        self.prefill_graphs = None if sizes is None else PrefillGraphs(self, sizes)
         # Last: it runs the very staging, cache and step function generate() uses, and restores what it wrote.
         if check_model:
             check_decoding(self)
@@ -260,6 +264,7 @@ class GraphedCausalLM:
         base_seed = 0 if seed is None else seed
         # Until no rank has work: the step's agreement says (alone, this rank's own work does).
         while True:
+            admitted = []
             for slot in [slot for slot in range(self.max_batch) if slot not in active]:
                 if not waiting:
                     break
@@ -267,14 +272,12 @@ class GraphedCausalLM:
                 request.slot = slot
                 if sampled:
                     self._seed_slot(slot, (base_seed + request.index * _SEED_STRIDE) % MAX_INFER_SEED)
-                if self.speculative is not None:
-                    first = prefill_with_draft(self, self.speculative, request, greedy=not sampled)
-                else:
-                    first = self.prefill(slot, request.prompt, greedy=not sampled)
+                admitted.append(request)
+            for request, first in zip(admitted, self._prefill_admitted(admitted, greedy=not sampled)):
                 request.length = len(request.prompt)
                 self._commit(request, first, max_new_tokens, eos_token_id)
                 if not request.done:
-                    active[slot] = request
+                    active[request.slot] = request
             rows = [active[slot] for slot in sorted(active)]
             # One agreement per step with sync_ranks (free without): every rank steps until
             # none has work, and a rank without rows replays padding rows for the others.
@@ -291,6 +294,14 @@ class GraphedCausalLM:
                 if request.done:
                     del active[request.slot]
         return [request.generated for request in requests]
+
+    def _prefill_admitted(self, admitted: list[_Request], *, greedy: bool) -> list[int]:
+        """The first token of each request admitted this step: prefilled together in token buckets, or one by one."""
+        if self.prefill_graphs is not None:
+            return self.prefill_graphs.run([r.slot for r in admitted], [r.prompt for r in admitted], greedy=greedy)
+        if self.speculative is not None:
+            return [prefill_with_draft(self, self.speculative, request, greedy=greedy) for request in admitted]
+        return [self.prefill(request.slot, request.prompt, greedy=greedy) for request in admitted]
 
     def _decode_step(self, rows: list[_Request], *, sampled: bool, max_new_tokens: int, eos_token_id: int | None,
                      agreed_rows: int | None) -> None:
@@ -347,6 +358,8 @@ class GraphedCausalLM:
         stats = self.registry.stats()
         if self.speculative is not None:
             stats.update(self.speculative.acceptance())
+        if self.prefill_graphs is not None:
+            stats["prefill"] = self.prefill_graphs.stats()
         return stats
 
     # Host bookkeeping -------------------------------------------------------------
@@ -436,6 +449,23 @@ def _check_model(model: paddle.nn.Layer, *, max_batch: int, max_len: int) -> Non
         )
     if model.training:
         raise ConfigError(f"{type(model).__name__} is in training mode (dropout); call model.eval() first")
+
+
+def _check_prefill(config: GraphConfig, draft: str | paddle.nn.Layer | None) -> None:
+    """Refuse, with the fix, prefill graphs where this version cannot serve them yet."""
+    if config.prefill_capture_sizes is None:
+        return
+    if draft is not None:
+        raise ConfigError(
+            f"prefill_capture_sizes={list(config.prefill_capture_sizes)} with a draft: the draft's first step "
+            f"after a bucketed prefill is not supported yet; leave prefill_capture_sizes None with draft="
+        )
+    if config.sync_ranks:
+        raise ConfigError(
+            f"prefill_capture_sizes={list(config.prefill_capture_sizes)} with sync_ranks=True: ranks admit "
+            f"different prompts, and prefill graphs are not agreed across ranks yet; leave "
+            f"prefill_capture_sizes None with sync_ranks"
+        )
 
 
 def _check_speculation(model: paddle.nn.Layer, config: GraphConfig, draft: str | paddle.nn.Layer | None) -> None:
