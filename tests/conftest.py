@@ -63,3 +63,15 @@ def full_recompute_greedy(model: Any, prompt: list[int], steps: int) -> list[int
             logits = model(input_ids=paddle.to_tensor([sequence]), use_cache=False, return_dict=True).logits
             sequence.append(int(paddle.argmax(logits[0, -1]).numpy()))
     return sequence[len(prompt):]
+
+
+def scaled_2d(model: Any, scale: float = 4.0) -> Any:
+    """``model`` in eval mode with every 2-D weight times ``scale``: logits of a trained model's magnitude."""
+    import paddle
+
+    model.eval()
+    with paddle.no_grad():
+        for parameter in model.parameters():
+            if len(parameter.shape) == 2:
+                parameter.set_value(parameter * scale)
+    return model

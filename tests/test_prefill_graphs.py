@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import paddle
 import pytest
-from conftest import TEST_LLAMA, full_recompute_greedy, paddleformers_transformers
+from conftest import TEST_LLAMA, full_recompute_greedy, paddleformers_transformers, scaled_2d
 
 from graphcap import ConfigError, GraphConfig
 
@@ -22,15 +22,6 @@ MAX_NEW = 5
 MAX_LEN = 24
 SIZES = (4, 8)
 BACKENDS = ["eager", "static"]
-
-
-def _scaled(model: paddle.nn.Layer, scale: float = 4.0) -> paddle.nn.Layer:
-    model.eval()
-    with paddle.no_grad():
-        for parameter in model.parameters():
-            if len(parameter.shape) == 2:
-                parameter.set_value(parameter * scale)
-    return model
 
 
 def _build(kind: str) -> paddle.nn.Layer:
@@ -44,11 +35,11 @@ def _build(kind: str) -> paddle.nn.Layer:
         return tiny_llama(seed=0, scale=4.0, **TEST_LLAMA)
     if kind == "gemma3":
         config = transformers.Gemma3TextConfig(**small, head_dim=16, sliding_window=512)
-        return _scaled(transformers.Gemma3ForCausalLM(config))
+        return scaled_2d(transformers.Gemma3ForCausalLM(config))
     if kind == "ernie4_5":  # the MoE class with dense layers only (its routing kernel is GPU-only)
         config = transformers.Ernie4_5_MoeConfig(**small, moe_layer_start_index=2, moe_num_experts=4,
                                                  moe_intermediate_size=64)
-        return _scaled(transformers.Ernie4_5_MoeForCausalLM(config))
+        return scaled_2d(transformers.Ernie4_5_MoeForCausalLM(config))
     raise AssertionError(kind)
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import paddle
 import pytest
-from conftest import full_recompute_greedy, paddleformers_transformers
+from conftest import full_recompute_greedy, paddleformers_transformers, scaled_2d
 
 from graphcap import ConfigError, GraphConfig
 
@@ -20,15 +20,6 @@ PROMPTS = [[5, 9, 13], [7, 1], [2, 3, 4, 5, 6], [11]]
 MAX_NEW = 8
 MAX_LEN = 32
 SCALE = 4.0
-
-
-def _scaled(model: paddle.nn.Layer, scale: float = SCALE) -> paddle.nn.Layer:
-    model.eval()
-    with paddle.no_grad():
-        for parameter in model.parameters():
-            if len(parameter.shape) == 2:
-                parameter.set_value(parameter * scale)
-    return model
 
 
 def _llama(seed: int = 0, layers: int = 2) -> paddle.nn.Layer:
@@ -58,7 +49,7 @@ def _ernie_mtp(layers: int = 1) -> paddle.nn.Layer:
         num_nextn_predict_layers=layers, moe_num_experts=4, moe_intermediate_size=64,
     )
     paddle.seed(0)
-    return _scaled(transformers.Ernie4_5_MoeForCausalLM(config))
+    return scaled_2d(transformers.Ernie4_5_MoeForCausalLM(config))
 
 
 @pytest.fixture(scope="module")
