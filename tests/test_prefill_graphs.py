@@ -67,6 +67,8 @@ def test_prefill_graphs_decode_token_equal_to_the_models_own_recompute(model, ba
     assert stats["prefill"] == {"bucketed_prompts": 5, "too_long_prompts": 1, "tokens": 21,
                                 "padded_tokens": 4 * 3 + 8 * 2 - 21}
     assert stats["coverage"]["prefill_4"] == 1.0 and stats["coverage"]["prefill_8"] == 1.0
+    # Prefill's host-side counters change every call: no graph (decode or prefill) may recapture for it.
+    assert stats["recaptures"] == 0, stats["recapture_reasons"]
     reasons = [item["reason"] for item in stats["fallbacks"]]
     assert reasons == ["a prompt of 11 tokens is longer than the largest prefill capture size 8; it was prefilled "
                        "eagerly"]
@@ -79,6 +81,23 @@ def test_sampled_tokens_are_identical_to_the_eager_prefill(model, backend):
     eager = _lm(built, backend=backend, prefill=None).generate(PROMPTS, MAX_NEW, greedy=False, seed=11, top_k=20)
     assert graphed == eager
     assert len({token for output in graphed for token in output}) > 3  # sampled tokens do vary
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_token_size_first_captured_full_is_right_when_replayed_padded(backend):
+    built = _build("llama")
+    full = [[5, 9, 17, 3], [60, 61, 62, 63], [8, 9, 10, 11, 12, 13, 14, 15], [1, 2, 3, 4, 5, 6, 7, 8]]
+    padded = [[5, 9, 17], [60, 61], [8, 9, 10, 11, 12, 13, 14], [1, 2, 3, 4, 5]]
+    lm = _lm(built, backend=backend)
+    # One step admits all four: prefill_4 and prefill_8 are each captured at 2 rows from prompts that fill them.
+    assert lm.generate(full, MAX_NEW) == [full_recompute_greedy(built, prompt, MAX_NEW) for prompt in full]
+    captured = lm.stats()["captures"]
+    assert lm.stats()["prefill"]["padded_tokens"] == 0
+    # The same (rows, tokens) buckets, now padded (1, 2, 1 and 3 positions): replayed, not recaptured.
+    assert lm.generate(padded, MAX_NEW) == [full_recompute_greedy(built, prompt, MAX_NEW) for prompt in padded]
+    stats = lm.stats()
+    assert stats["captures"] == captured and stats["recaptures"] == 0, stats["recapture_reasons"]
+    assert stats["prefill"]["padded_tokens"] == 7 and stats["eager_fallbacks"] == 0
 
 
 def test_graphs_off_runs_the_same_bucketed_prefill_eagerly():

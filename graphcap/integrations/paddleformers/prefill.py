@@ -29,7 +29,7 @@ sampled (or argmaxed) with the row's slot seed, as the eager prefill does.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -42,7 +42,29 @@ from graphcap.graphed_function import call_in_place
 if TYPE_CHECKING:
     from graphcap.integrations.paddleformers.causal_lm import GraphedCausalLM
 
-__all__ = ["PrefillGraphs"]
+__all__ = ["PrefillGraphs", "prefill_step"]
+
+
+def prefill_step(lm: GraphedCausalLM) -> Callable[..., tuple[paddle.Tensor, paddle.Tensor]]:
+    """The captured region: each row's prompt through ``lm``'s model into its slot.
+
+    A closure over ``lm`` only, never over ``PrefillGraphs``: the value guard
+    watches every plain value the step can reach, and the host-side counters
+    there change on every call (a method of that object recaptured each time).
+    """
+
+    def step(
+        *, input_ids: paddle.Tensor, position_ids: paddle.Tensor, slot_ids: paddle.Tensor,
+        attention_mask: paddle.Tensor, last_index: paddle.Tensor, greedy: bool,
+    ) -> tuple[paddle.Tensor, paddle.Tensor]:
+        """``(first tokens [R], last real logits [R, vocab])`` of the ``R`` prompts in the buffers."""
+        logits, _ = lm.forward_rows(input_ids, position_ids, slot_ids, attention_mask=attention_mask)
+        rows, _, vocab = logits.shape
+        index = last_index.reshape([rows, 1, 1]).expand([rows, 1, vocab])
+        last = paddle.take_along_axis(logits, index, axis=1).reshape([rows, vocab])
+        return lm._sample(last, slot_ids, greedy=greedy), last
+
+    return step
 
 
 class PrefillGraphs:
@@ -69,23 +91,11 @@ class PrefillGraphs:
             bufs.declare(f"prefill_positions_{size}", [batch, size], "int64", pad="copy_row0")
             bufs.declare(f"prefill_mask_{size}", [batch, 1, size, lm.max_len], "bool", pad="copy_row0")
             self.steps[size] = registry.graphed(f"prefill_{size}", batch_arg="input_ids", rows_per_request=1,
-                                                capture_sizes=rows)(self._step)
-        self.bucketed_prompts = 0
-        self.too_long_prompts = 0
-        self.tokens = 0
-        self.padded_tokens = 0
-
-    # The captured region -------------------------------------------------------
-    def _step(
-        self, *, input_ids: paddle.Tensor, position_ids: paddle.Tensor, slot_ids: paddle.Tensor,
-        attention_mask: paddle.Tensor, last_index: paddle.Tensor, greedy: bool,
-    ) -> tuple[paddle.Tensor, paddle.Tensor]:
-        """Each row's prompt through the model into its slot: ``(first tokens [R], last real logits [R, vocab])``."""
-        logits, _ = self.lm.forward_rows(input_ids, position_ids, slot_ids, attention_mask=attention_mask)
-        rows, _, vocab = logits.shape
-        index = last_index.reshape([rows, 1, 1]).expand([rows, 1, vocab])
-        last = paddle.take_along_axis(logits, index, axis=1).reshape([rows, vocab])
-        return self.lm._sample(last, slot_ids, greedy=greedy), last
+                                                capture_sizes=rows)(prefill_step(lm))
+        # Host-side counters, changed by every call. Underscored so the value guard does not watch them: every
+        # graphed step of the engine (decode and prefill alike) reaches this object through lm.prefill_graphs,
+        # and a watched counter would recapture each graph after every prefill.
+        self._counts = {"bucketed_prompts": 0, "too_long_prompts": 0, "tokens": 0, "padded_tokens": 0}
 
     # Host side ---------------------------------------------------------------------
     def size_for(self, tokens: int) -> int | None:
@@ -103,7 +113,7 @@ class PrefillGraphs:
                 reason = (f"a prompt of {len(prompt)} tokens is longer than the largest prefill capture size "
                           f"{self.sizes[-1]}; it was prefilled eagerly")
                 self.lm.registry.stats_counters.fallback("prefill", None, reason)
-                self.too_long_prompts += 1
+                self._counts["too_long_prompts"] += 1
                 firsts[index] = self.lm.prefill(slots[index], prompts[index], greedy=greedy)
             else:
                 groups.setdefault(size, []).append(index)
@@ -131,9 +141,9 @@ class PrefillGraphs:
         bufs.write("prefill_slots", np.asarray(slots, dtype=np.int64))
         bufs.write("prefill_last", lengths - 1)
         tokens, _ = call_in_place(self.steps[size], rows, lambda: self._views(size, rows), greedy=greedy)
-        self.bucketed_prompts += rows
-        self.tokens += int(lengths.sum())
-        self.padded_tokens += rows * size - int(lengths.sum())
+        self._counts["bucketed_prompts"] += rows
+        self._counts["tokens"] += int(lengths.sum())
+        self._counts["padded_tokens"] += rows * size - int(lengths.sum())
         return tokens.numpy().tolist()
 
     def _views(self, size: int, rows: int) -> dict[str, Any]:
@@ -150,5 +160,4 @@ class PrefillGraphs:
         Whether a graph served the bucketed ones is the registry's coverage
         of the ``prefill_<size>`` functions.
         """
-        return {"bucketed_prompts": self.bucketed_prompts, "too_long_prompts": self.too_long_prompts,
-                "tokens": self.tokens, "padded_tokens": self.padded_tokens}
+        return dict(self._counts)
