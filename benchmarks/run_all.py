@@ -32,6 +32,7 @@ STEPS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("sampling_params", "bench_sampling_params.py", ("--rounds", "15", "--inner", "10")),
     ("mtp", "bench_mtp.py", ("--max-new-tokens", "24", "--passes", "5", "--profile")),
     ("llama", "bench_llama.py", ("--rounds", "5")),
+    ("prefill", "bench_prefill.py", ("--rounds", "9")),
     ("speculative", "bench_speculative.py", ()),
     ("trust", "bench_trust.py", ()),
     ("ranks", "bench_ranks.py", ()),

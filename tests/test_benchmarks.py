@@ -39,7 +39,7 @@ def _mode(tokens_per_second, decode_tokens_per_second=100.0):
 
 @pytest.mark.parametrize(
     "name", ["bench_capture", "bench_mtp", "plot_results", "run_all", "bench_overhead", "bench_buckets", "bench_llama", "bench_ranks",
-             "bench_trust", "bench_speculative"]
+             "bench_trust", "bench_speculative", "bench_prefill"]
 )
 def test_benchmark_modules_import(bench, name):
     module = bench(name)
@@ -181,6 +181,35 @@ def test_speculative_quick_writes_its_figures(bench, tmp_path, capsys):
     assert entry["batch"] == 2 and entry["tokens_equal"] and entry["eager_fallbacks"] == 0
     assert entry["ratio"] > 0 and isinstance(entry["target_met"], bool)  # a figure, not asserted
     assert "llama  copy      2     2" in capsys.readouterr().out  # the table's line for the copy draft
+
+
+def test_prefill_quick_writes_its_figures(bench, tmp_path, capsys):
+    paddleformers_transformers()  # a skip without it, a failure under make test
+    prefill = bench("bench_prefill")
+    out = tmp_path / "prefill.json"
+    assert prefill.main(["--quick", "--json", str(out)]) == 0  # first tokens identical in the three modes
+    result = json.loads(out.read_text())
+    assert [(row["batch"], row["size"]) for row in result["buckets"]] == [(2, 4), (2, 8)]
+    for row in result["buckets"]:
+        assert row["identical"] and row["coverage"] == 1.0 and row["recaptures"] == 0
+        assert row["padded_tokens"] == 2 * row["size"] - sum(row["prompt_lengths"]) and max(row["prompt_lengths"]) == row["size"]
+        assert row["capture_seconds"] > 0 and all(value > 0 for value in row["tokens_per_second"].values())
+    for comparison in result["plans"]["comparisons"]:
+        engine, same = comparison["engine"], comparison["planner_same_largest"]
+        # The exact planner at the same graph count and largest size never pads more, and leaves the same eager.
+        assert same["graphs"] <= engine["graphs"] and same["waste_ratio"] <= engine["waste_ratio"]
+        assert same["eager_token_share"] == engine["eager_token_share"]
+        assert comparison["planner"]["eager_token_share"] == 0.0
+    table = prefill.markdown(result)
+    assert "| 2 | 8 | 14 | 2 |" in table and "| fastdeploy_default | 1, 2, 4, 8 | 4 |" in table
+
+
+def test_prefill_plan_figures_on_a_known_trace(bench):
+    prefill = bench("bench_prefill")
+    served = prefill._served([3, 9, 16, 4], (4, 8))  # 3 pads to 4; 9 and 16 are above the largest size
+    assert served["padded_tokens"] == 1 and served["eager_prompts"] == 2
+    assert served["waste_ratio"] == round(1 / 7, 4) and served["eager_token_share"] == round(25 / 32, 4)
+    assert prefill.bucket_prompts(16, 8, 4, 512) and [len(p) for p in prefill.bucket_prompts(16, 8, 4, 512)] == [16, 14, 12, 10]
 
 
 def test_run_all_steps_exist_and_reject_unknown_names(bench):
