@@ -210,3 +210,66 @@ def test_capture_all_captures_every_graph_up_front_and_generation_then_only_repl
     assert np.array_equal(lm.registry.buffers.infer_seed.numpy(), seeds)  # put back
     assert lm.generate(PROMPTS, MAX_NEW) == models["want"][family]
     assert lm.stats()["captures"] == captured and lm.stats()["eager_fallbacks"] == 0
+
+
+# Prefill graphs with a draft: sizes (2, 4) over prompts of 1-5 tokens. The 5-token prompt is prefilled eagerly
+# (target and draft); a draft model's sequence is one longer than its prompt, so the 2-token prompt's draft pass
+# moves up to size 4 and the 4-token prompt's (5 tokens) runs eagerly; an MTP draft's stays in its prompt's size.
+PREFILL_PROMPTS = [[5, 9, 13], [7, 1], [2, 3, 4, 5, 6], [11], [8, 9, 10, 12]]
+PREFILL_SIZES = (2, 4)
+
+
+@pytest.mark.parametrize("mode", ["eager", "eager_draft_graphs_off", "static"])
+@pytest.mark.parametrize("kind", ["perturbed", "mtp"])
+def test_prefill_graphs_with_a_draft_equal_recompute_and_propose_the_eager_prefills_drafts(models, kind, mode):
+    lm, family = _lm(models, kind, k=2, prefill_capture_sizes=PREFILL_SIZES, **MODES[mode])
+    eager, _ = _lm(models, kind, k=2, **MODES[mode])
+    target = models["target" if family == "llama" else "ernie"]
+    want = [full_recompute_greedy(target, prompt, MAX_NEW) for prompt in PREFILL_PROMPTS]
+    assert lm.generate(PREFILL_PROMPTS, MAX_NEW) == want
+    assert eager.generate(PREFILL_PROMPTS, MAX_NEW) == want
+    stats, eager_stats = lm.stats(), eager.stats()
+    # The same first drafts as the eager prefill's, so every step proposes and accepts the same.
+    assert (stats["proposed_drafts"], stats["accepted_drafts"]) == (
+        eager_stats["proposed_drafts"], eager_stats["accepted_drafts"])
+    assert stats["recaptures"] == 0, stats["recapture_reasons"]
+    model_draft = kind == "perturbed"
+    assert stats["prefill"] == {"bucketed_prompts": 4, "too_long_prompts": 1, "tokens": 10,
+                                "padded_tokens": 1 + 0 + 1 + 0, "bucketed_drafts": 3 if model_draft else 4,
+                                "too_long_drafts": 1 if model_draft else 0}
+    reasons = sorted(item["reason"] for item in stats["fallbacks"])
+    assert len(reasons) == (2 if model_draft else 1)
+    assert reasons[-1].startswith("a prompt of 5 tokens is longer than the largest prefill capture size 4")
+    if model_draft:
+        assert reasons[0].startswith("a draft sequence of 5 tokens (the prompt and its first token) is longer")
+    replays = stats["replays_per_graph"]
+    assert stats["coverage"]["prefill_2"] == stats["coverage"]["prefill_4"] == 1.0
+    drafts_on = MODES[mode].get("draft_use_graph", True)
+    assert (replays.get("draft_prefill_4", 0) > 0) == drafts_on
+
+
+@pytest.mark.parametrize("kind", ["perturbed", "mtp"])
+def test_sampled_prefill_graphs_with_a_draft_are_identical_to_the_eager_prefill(models, kind):
+    graphed, _ = _lm(models, kind, k=2, prefill_capture_sizes=PREFILL_SIZES, use_graph=True, backend="eager")
+    eager, family = _lm(models, kind, k=2, use_graph=True, backend="eager")
+    runs = [engine.generate(PREFILL_PROMPTS, MAX_NEW, greedy=False, top_p=0.9, seed=5) for engine in (graphed, eager)]
+    assert runs[0] == runs[1]
+    assert graphed.stats()["accepted_drafts"] == eager.stats()["accepted_drafts"]
+
+
+@pytest.mark.parametrize("backend", ["eager", "static"])
+@pytest.mark.parametrize("kind", ["perturbed", "mtp"])
+def test_the_bucketed_draft_pass_sets_the_drafts_of_the_eager_one(models, kind, backend):
+    from graphcap.integrations.paddleformers.causal_lm import _Request
+    from graphcap.integrations.paddleformers.speculative import prefill_with_draft
+
+    lm, _ = _lm(models, kind, k=3, prefill_capture_sizes=PREFILL_SIZES, use_graph=True, backend=backend)
+    # Two prompts of one step (sizes 4 and 2), then the same two prompts' slots swapped: capture, then replay.
+    for prompts in ([[5, 9, 13], [7, 1]], [[7, 1], [5, 9, 13]], [[8, 9, 10, 12], [11]]):
+        bucketed = [_Request(index=slot, prompt=prompt, slot=slot) for slot, prompt in enumerate(prompts)]
+        firsts = lm.prefill_graphs.run([0, 1], prompts, greedy=True, requests=bucketed)
+        eager = [_Request(index=slot, prompt=prompt, slot=slot) for slot, prompt in enumerate(prompts)]
+        assert firsts == [prefill_with_draft(lm, lm.speculative, request, greedy=True) for request in eager]
+        assert [(r.length, r.drafts) for r in bucketed] == [(r.length, r.drafts) for r in eager]
+        assert len({token for r in eager for token in r.drafts}) > 1  # drafts that vary: a wrong row would show
+    assert lm.stats()["replays_per_graph"]["draft_prefill_4"] >= 2

@@ -99,7 +99,7 @@ class GraphedCausalLM:
         """
         _check_model(model, max_batch=max_batch, max_len=max_len)
         _check_speculation(model, config, draft)
-        _check_prefill(config, draft)
+        _check_prefill(config)
         self.model = model
         self.config = config
         self.max_batch = max_batch
@@ -298,7 +298,8 @@ class GraphedCausalLM:
     def _prefill_admitted(self, admitted: list[_Request], *, greedy: bool) -> list[int]:
         """The first token of each request admitted this step: prefilled together in token buckets, or one by one."""
         if self.prefill_graphs is not None:
-            return self.prefill_graphs.run([r.slot for r in admitted], [r.prompt for r in admitted], greedy=greedy)
+            return self.prefill_graphs.run([r.slot for r in admitted], [r.prompt for r in admitted], greedy=greedy,
+                                           requests=admitted)
         if self.speculative is not None:
             return [prefill_with_draft(self, self.speculative, request, greedy=greedy) for request in admitted]
         return [self.prefill(request.slot, request.prompt, greedy=greedy) for request in admitted]
@@ -451,15 +452,10 @@ def _check_model(model: paddle.nn.Layer, *, max_batch: int, max_len: int) -> Non
         raise ConfigError(f"{type(model).__name__} is in training mode (dropout); call model.eval() first")
 
 
-def _check_prefill(config: GraphConfig, draft: str | paddle.nn.Layer | None) -> None:
+def _check_prefill(config: GraphConfig) -> None:
     """Refuse, with the fix, prefill graphs where this version cannot serve them yet."""
     if config.prefill_capture_sizes is None:
         return
-    if draft is not None:
-        raise ConfigError(
-            f"prefill_capture_sizes={list(config.prefill_capture_sizes)} with a draft: the draft's first step "
-            f"after a bucketed prefill is not supported yet; leave prefill_capture_sizes None with draft="
-        )
     if config.sync_ranks:
         raise ConfigError(
             f"prefill_capture_sizes={list(config.prefill_capture_sizes)} with sync_ranks=True: ranks admit "

@@ -38,15 +38,20 @@ import paddle
 from graphcap.decide.buckets import capped_sizes
 from graphcap.errors import ConfigError
 from graphcap.graphed_function import call_in_place
+from graphcap.integrations.paddleformers.draft_prefill import DraftPrefillGraphs
+from graphcap.integrations.paddleformers.speculative import prefill_with_draft
 
 if TYPE_CHECKING:
-    from graphcap.integrations.paddleformers.causal_lm import GraphedCausalLM
+    from graphcap.integrations.paddleformers.causal_lm import GraphedCausalLM, _Request
 
 __all__ = ["PrefillGraphs", "prefill_step"]
 
 
-def prefill_step(lm: GraphedCausalLM) -> Callable[..., tuple[paddle.Tensor, paddle.Tensor]]:
+def prefill_step(lm: GraphedCausalLM, *, record_hidden: bool = False) -> Callable[..., tuple[paddle.Tensor, ...]]:
     """The captured region: each row's prompt through ``lm``'s model into its slot.
+
+    ``record_hidden`` (an MTP draft follows) also returns the pre-norm hidden
+    states ``[R, T, hidden]`` the draft reads.
 
     A closure over ``lm`` only, never over ``PrefillGraphs``: the value guard
     watches every plain value the step can reach, and the host-side counters
@@ -56,13 +61,15 @@ def prefill_step(lm: GraphedCausalLM) -> Callable[..., tuple[paddle.Tensor, padd
     def step(
         *, input_ids: paddle.Tensor, position_ids: paddle.Tensor, slot_ids: paddle.Tensor,
         attention_mask: paddle.Tensor, last_index: paddle.Tensor, greedy: bool,
-    ) -> tuple[paddle.Tensor, paddle.Tensor]:
-        """``(first tokens [R], last real logits [R, vocab])`` of the ``R`` prompts in the buffers."""
-        logits, _ = lm.forward_rows(input_ids, position_ids, slot_ids, attention_mask=attention_mask)
+    ) -> tuple[paddle.Tensor, ...]:
+        """``(first tokens [R], last real logits [R, vocab])`` of the ``R`` prompts, plus the hidden states if asked."""
+        logits, hidden = lm.forward_rows(input_ids, position_ids, slot_ids, attention_mask=attention_mask,
+                                         record_hidden=record_hidden)
         rows, _, vocab = logits.shape
         index = last_index.reshape([rows, 1, 1]).expand([rows, 1, vocab])
         last = paddle.take_along_axis(logits, index, axis=1).reshape([rows, vocab])
-        return lm._sample(last, slot_ids, greedy=greedy), last
+        tokens = lm._sample(last, slot_ids, greedy=greedy)
+        return (tokens, last) if hidden is None else (tokens, last, hidden)
 
     return step
 
@@ -84,6 +91,9 @@ class PrefillGraphs:
         bufs.declare("prefill_slots", [batch], "int64", pad="value", pad_value=lm.scratch_slot)
         bufs.declare("prefill_last", [batch], "int64")
         rows = capped_sizes(lm.config.sizes_for(1), batch)
+        step = lm.speculative
+        self.draft = None if step is None else DraftPrefillGraphs(lm, step, self.sizes)
+        record_hidden = step is not None and step.pair.needs_hidden
         self.steps = {}
         for size in self.sizes:
             bufs.declare(f"prefill_ids_{size}", [batch, size], "int64")
@@ -91,7 +101,7 @@ class PrefillGraphs:
             bufs.declare(f"prefill_positions_{size}", [batch, size], "int64", pad="copy_row0")
             bufs.declare(f"prefill_mask_{size}", [batch, 1, size, lm.max_len], "bool", pad="copy_row0")
             self.steps[size] = registry.graphed(f"prefill_{size}", batch_arg="input_ids", rows_per_request=1,
-                                                capture_sizes=rows)(prefill_step(lm))
+                                                capture_sizes=rows)(prefill_step(lm, record_hidden=record_hidden))
         # Host-side counters, changed by every call. Underscored so the value guard does not watch them: every
         # graphed step of the engine (decode and prefill alike) reaches this object through lm.prefill_graphs,
         # and a watched counter would recapture each graph after every prefill.
@@ -103,8 +113,16 @@ class PrefillGraphs:
         index = bisect.bisect_left(self.sizes, tokens)
         return self.sizes[index] if index < len(self.sizes) else None
 
-    def run(self, slots: Sequence[int], prompts: Sequence[Sequence[int]], *, greedy: bool) -> list[int]:
-        """Prefill ``prompts[i]`` into slot ``slots[i]``; returns each prompt's first generated token, in order."""
+    def run(self, slots: Sequence[int], prompts: Sequence[Sequence[int]], *, greedy: bool,
+            requests: Sequence[_Request] | None = None) -> list[int]:
+        """Prefill ``prompts[i]`` into slot ``slots[i]``; returns each prompt's first generated token, in order.
+
+        With a draft, ``requests`` (the admitted requests, ``requests[i]`` for
+        ``prompts[i]``) also get their first drafts, from the draft pass in the
+        same token sizes (``DraftPrefillGraphs``).
+        """
+        if self.draft is not None and requests is None:
+            raise TypeError("PrefillGraphs.run with a draft needs requests=: the requests whose drafts it sets")
         firsts: list[int | None] = [None] * len(prompts)
         groups: dict[int, list[int]] = {}
         for index, prompt in enumerate(prompts):
@@ -114,17 +132,28 @@ class PrefillGraphs:
                           f"{self.sizes[-1]}; it was prefilled eagerly")
                 self.lm.registry.stats_counters.fallback("prefill", None, reason)
                 self._counts["too_long_prompts"] += 1
-                firsts[index] = self.lm.prefill(slots[index], prompts[index], greedy=greedy)
+                if self.draft is None:
+                    firsts[index] = self.lm.prefill(slots[index], prompts[index], greedy=greedy)
+                else:
+                    firsts[index] = prefill_with_draft(self.lm, self.draft.step, requests[index], greedy=greedy)
             else:
                 groups.setdefault(size, []).append(index)
         for size, members in groups.items():
-            tokens = self._prefill_group(size, [slots[i] for i in members], [prompts[i] for i in members], greedy)
+            tokens, hidden = self._prefill_group(size, [slots[i] for i in members], [prompts[i] for i in members],
+                                                 greedy)
             for index, token in zip(members, tokens):
                 firsts[index] = token
+            if self.draft is not None:
+                # Before the next group's replay overwrites the hidden states this one returned.
+                self.draft.propose([requests[i] for i in members], tokens, hidden)
         return [int(token) for token in firsts]  # type: ignore[arg-type]
 
-    def _prefill_group(self, size: int, slots: list[int], prompts: list[Sequence[int]], greedy: bool) -> list[int]:
-        """One graphed call: the prompts padded to ``size`` tokens, written into the buffers, replayed."""
+    def _prefill_group(self, size: int, slots: list[int], prompts: list[Sequence[int]],
+                       greedy: bool) -> tuple[list[int], paddle.Tensor | None]:
+        """One graphed call: the prompts padded to ``size`` tokens, written into the buffers, replayed.
+
+        Returns the first tokens and, when an MTP draft follows, the graph's hidden-state output ``[R, size, h]``.
+        """
         rows = len(slots)
         lengths = np.asarray([len(prompt) for prompt in prompts], dtype=np.int64)
         ids = np.zeros([rows, size], dtype=np.int64)
@@ -140,11 +169,11 @@ class PrefillGraphs:
         bufs.write(f"prefill_mask_{size}", np.ascontiguousarray(mask))
         bufs.write("prefill_slots", np.asarray(slots, dtype=np.int64))
         bufs.write("prefill_last", lengths - 1)
-        tokens, _ = call_in_place(self.steps[size], rows, lambda: self._views(size, rows), greedy=greedy)
+        out = call_in_place(self.steps[size], rows, lambda: self._views(size, rows), greedy=greedy)
         self._counts["bucketed_prompts"] += rows
         self._counts["tokens"] += int(lengths.sum())
         self._counts["padded_tokens"] += rows * size - int(lengths.sum())
-        return tokens.numpy().tolist()
+        return out[0].numpy().tolist(), out[2] if len(out) > 2 else None
 
     def _views(self, size: int, rows: int) -> dict[str, Any]:
         """The prefill step's arguments for ``rows`` prompts of token size ``size``: prefix views of its buffers."""
@@ -160,4 +189,4 @@ class PrefillGraphs:
         Whether a graph served the bucketed ones is the registry's coverage
         of the ``prefill_<size>`` functions.
         """
-        return dict(self._counts)
+        return {**self._counts, **({} if self.draft is None else self.draft.stats())}

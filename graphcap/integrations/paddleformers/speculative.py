@@ -15,6 +15,7 @@ position) before any mask admits them.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import paddle
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
     from graphcap.integrations.paddleformers.causal_lm import GraphedCausalLM, _Request
     from graphcap.mtp.speculative_step import SpeculativeStep
 
-__all__ = ["PaddleFormersPair", "prefill_with_draft"]
+__all__ = ["PaddleFormersPair", "draft_after_prefill", "draft_sequence", "prefill_with_draft"]
 
 
 class PaddleFormersPair:
@@ -72,12 +73,26 @@ def prefill_with_draft(lm: GraphedCausalLM, step: SpeculativeStep, request: _Req
     Leaves ``request.length`` at the prompt's length (its positions in the
     target's cache), as ``step.run`` expects.
     """
-    pair = step.pair
     first, hidden = lm.prefill_with_hidden(request.slot, request.prompt, greedy=greedy,
-                                           record_hidden=pair.needs_hidden)
-    # The draft's rows: the sequence shifted by its offset, so the last row
-    # pairs with the first sampled token and proposes d'_1.
-    sequence = [*request.prompt, first][1 - pair.position_offset:]
+                                           record_hidden=step.pair.needs_hidden)
+    draft_after_prefill(step, request, first, hidden)
+    return first
+
+
+def draft_sequence(pair: PaddleFormersPair, prompt: Sequence[int], first: int) -> list[int]:
+    """The draft's rows after a prefill: the prompt and its first token, shifted by the draft's position offset.
+
+    The last row pairs with ``first`` and proposes d'_1; an MTP draft
+    (offset 0) drops the prompt's first token so that row ``t`` reads the
+    target's hidden state at ``t``.
+    """
+    return [*prompt, first][1 - pair.position_offset:]
+
+
+def draft_after_prefill(step: SpeculativeStep, request: _Request, first: int, hidden: paddle.Tensor | None) -> None:
+    """Run the draft eagerly over ``request``'s prompt (``hidden``: the target's ``[1, len, h]``) and set its drafts."""
+    pair = step.pair
+    sequence = draft_sequence(pair, request.prompt, first)
     ids = paddle.to_tensor([sequence], dtype="int64")
     positions = paddle.arange(len(sequence), dtype="int64").reshape([1, -1])
     slots = paddle.to_tensor([request.slot], dtype="int64")
@@ -85,4 +100,3 @@ def prefill_with_draft(lm: GraphedCausalLM, step: SpeculativeStep, request: _Req
     proposal = int(paddle.argmax(logits[0, -1]).numpy())
     request.length = len(request.prompt)
     step.propose([request], [proposal], None if out is None else out[:, -1], graphed=False)
-    return first
