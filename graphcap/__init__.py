@@ -46,6 +46,7 @@ from graphcap.errors import (  # noqa: E402
     StaticBufferError,
 )
 from graphcap.graphed_function import GraphedFunction  # noqa: E402
+from graphcap.graphed_tokens import TokenBucketedFunction  # noqa: E402
 from graphcap.registry import CaptureRegistry  # noqa: E402
 from graphcap.trust.at_capture_guard import allow_host_reads, capture_guard  # noqa: E402
 
@@ -61,6 +62,7 @@ __all__ = [
     "OpBuildError",
     "StaticBufferError",
     "StaticBuffers",
+    "TokenBucketedFunction",
     "allow_host_reads",
     "capture_guard",
 ]

@@ -17,7 +17,7 @@ import attrs
 import numpy as np
 
 from graphcap.errors import ConfigError
-from graphcap.validators import positive_int
+from graphcap.validators import ascending_sizes, positive_int
 
 BACKENDS = ("auto", "eager", "static", "device")
 ON_UNSAFE_CAPTURE = ("raise", "eager")
@@ -89,26 +89,7 @@ def _convert_sizes(value: Any) -> Any:
 
 def _convert_prefill_sizes(value: Any) -> tuple[int, ...] | None:
     """``prefill_capture_sizes``: None (off), or token counts, positive and strictly ascending."""
-    if value is None:
-        return None
-    allowed = "a non-empty, strictly ascending sequence of positive token counts such as (16, 32, 64), or None (off)"
-    if isinstance(value, (str, bytes)):
-        raise ConfigError(f"'prefill_capture_sizes' must be {allowed} (got {value!r})")
-    try:
-        sizes = tuple(value)
-    except TypeError:
-        raise ConfigError(f"'prefill_capture_sizes' must be {allowed} (got {value!r})") from None
-    if not sizes:
-        raise ConfigError(f"'prefill_capture_sizes' must not be empty; it must be {allowed}")
-    for size in sizes:
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise ConfigError(f"'prefill_capture_sizes' must hold positive integers (got {size!r} in {value!r})")
-    if any(later <= earlier for earlier, later in zip(sizes, sizes[1:])):
-        raise ConfigError(
-            f"'prefill_capture_sizes' must be strictly ascending (got {list(sizes)}; sorted and without repeats: "
-            f"{sorted(set(sizes))})"
-        )
-    return sizes
+    return None if value is None else ascending_sizes(value, "prefill_capture_sizes")
 
 
 def _convert_trace(value: Any) -> Any:

@@ -25,9 +25,11 @@ from graphcap.buffers import StaticBuffers
 from graphcap.config import GraphConfig
 from graphcap.decide.agreement import RankAgreement, StepAgreement
 from graphcap.decide.dispatch import GraphKey
+from graphcap.decide.token_buckets import TokenPlan
 from graphcap.errors import CaptureError, ConfigError
 from graphcap.execute.backends import Backend, make_backend
 from graphcap.graphed_function import GraphedFunction, refuse_unbound_method
+from graphcap.graphed_tokens import TokenBucketedFunction
 from graphcap.stats import RegistryStats
 
 logger = logging.getLogger("graphcap")
@@ -77,6 +79,7 @@ class CaptureRegistry:
         self.buffers = StaticBuffers(owner="registry.buffers")
         self.stats_counters = RegistryStats()
         self._functions: dict[str, GraphedFunction] = {}
+        self._token_functions: dict[str, TokenBucketedFunction] = {}
         agreement = RankAgreement(group, self.stats_counters) if self.config.sync_ranks else None
         self.agreement = agreement if agreement is not None and agreement.world_size > 1 else None
         self.current_step: StepAgreement | None = None
@@ -150,10 +153,56 @@ class CaptureRegistry:
                 batch_arg=batch_arg, static_args=static_args, batched_args=batched_args,
                 capture_sizes=sizes, enabled=True if enabled is None else enabled, padding=padding,
                 rows_per_request=self.config.rows_per_request if rows_per_request is None else rows_per_request,
-                skip_types=(CaptureRegistry, GraphedFunction, StaticBuffers),
+                skip_types=(CaptureRegistry, GraphedFunction, TokenBucketedFunction, StaticBuffers),
             )
             self._functions[name] = graphed_fn
             return graphed_fn
+
+        return decorate
+
+    def graphed_tokens(
+        self,
+        name: str,
+        *,
+        batch_arg: str,
+        token_sizes: Sequence[int],
+        token_args: Mapping[str, int],
+        token_padding: Mapping[str, str] | None = None,
+        **graphed: Any,
+    ) -> Callable[[Callable[..., Any]], TokenBucketedFunction | Callable[..., Any]]:
+        """Decorator: ``graphed`` bucketed on tokens as well as rows (``graphcap.graphed_tokens``).
+
+        ``token_args`` maps each argument with a token axis to that axis
+        (``{"input_ids": 1, "attention_mask": 2}``); ``batch_arg``'s axis
+        counts the call's tokens. A call of ``S`` tokens runs at the smallest
+        of ``token_sizes`` holding it, its token arguments padded by
+        ``token_padding`` (``"zero"`` by default, ``"continue"`` for positions,
+        ``"copy_last"`` for a mask), its outputs with the tokens on axis 1 cut
+        back to ``S``. Other keywords go to ``graphed`` for each size's graph,
+        named ``<name>[tokens=T]``. With ``use_graph=False`` the original
+        function runs unchanged; with ``sync_ranks`` it is refused (token
+        sizes are not agreed across ranks yet).
+        """
+        plan = TokenPlan.build(token_sizes, batch_arg, token_args, token_padding)
+        if self.config.sync_ranks:
+            raise ConfigError(
+                f"graphed_tokens({name!r}) with sync_ranks=True: ranks would pick token sizes alone, and token "
+                f"buckets are not agreed across ranks yet; use graphed() with sync_ranks")
+
+        def decorate(fn: Callable[..., Any]) -> TokenBucketedFunction | Callable[..., Any]:
+            if not self.config.use_graph:
+
+                @functools.wraps(fn)
+                def original(*args: Any, **kwargs: Any) -> Any:
+                    return fn(*args, **kwargs)
+
+                return original
+            if name in self._token_functions:
+                raise CaptureError(f"graph name {name!r} is already used in this registry; pick another")
+            refuse_unbound_method(fn)
+            bucketed = TokenBucketedFunction(name, fn, self, plan, {"batch_arg": batch_arg, **graphed})
+            self._token_functions[name] = bucketed
+            return bucketed
 
         return decorate
 
@@ -350,9 +399,13 @@ class CaptureRegistry:
         ``graph_coverage`` (the same over every function's calls),
         ``replays_per_graph`` (function name -> calls a graph served),
         ``shadow_checks`` and ``shadow_mismatches`` (with
-        ``shadow_mismatch_details``), ``recapture_reasons``.
+        ``shadow_mismatch_details``), ``recapture_reasons``, and ``tokens``
+        (``graphed_tokens`` name -> its calls, real and padded tokens, eager
+        calls, coverage and unsafe token sizes; its eager calls count in
+        ``graph_coverage``).
         """
         functions = self._functions.values()
+        token_eager = sum(fn.stats()["eager_calls"] for fn in self._token_functions.values())
         output_bytes = {fn.name: fn.output_bytes for fn in functions}
         return {
             **self.stats_counters.as_dict(),
@@ -366,7 +419,8 @@ class CaptureRegistry:
             "replays_per_graph": {fn.name: fn.graph_calls for fn in functions},
             "coverage": {fn.name: fn.coverage for fn in functions},
             "graph_coverage": _share(sum(fn.graph_calls for fn in functions),
-                                     sum(fn.graph_calls + fn.eager_calls for fn in functions)),
+                                     sum(fn.graph_calls + fn.eager_calls for fn in functions) + token_eager),
+            "tokens": {name: fn.stats() for name, fn in self._token_functions.items()},
         }
 
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from graphcap.errors import ConfigError
 
-__all__ = ["positive_int"]
+__all__ = ["ascending_sizes", "positive_int"]
 
 
 def positive_int(value: Any, field: str, *, minimum: int = 1) -> int:
@@ -31,3 +31,25 @@ def positive_int(value: Any, field: str, *, minimum: int = 1) -> int:
     if number < minimum:
         raise ConfigError(f"{field}={number} is not allowed; pass an integer >= {minimum}")
     return number
+
+
+def ascending_sizes(value: Any, field: str) -> tuple[int, ...]:
+    """``value`` as a non-empty, strictly ascending tuple of positive ints, or ``ConfigError`` naming ``field``."""
+    allowed = "a non-empty, strictly ascending sequence of positive token counts such as (16, 32, 64)"
+    if isinstance(value, (str, bytes)):
+        raise ConfigError(f"'{field}' must be {allowed} (got {value!r})")
+    try:
+        sizes = tuple(value)
+    except TypeError:
+        raise ConfigError(f"'{field}' must be {allowed} (got {value!r})") from None
+    if not sizes:
+        raise ConfigError(f"'{field}' must not be empty; it must be {allowed}")
+    for size in sizes:
+        if isinstance(size, (bool, np.bool_)) or not isinstance(size, (int, np.integer)) or size < 1:
+            raise ConfigError(f"'{field}' must hold positive integers (got {size!r} in {value!r})")
+    if any(later <= earlier for earlier, later in zip(sizes, sizes[1:])):
+        raise ConfigError(
+            f"'{field}' must be strictly ascending (got {list(sizes)}; sorted and without repeats: "
+            f"{sorted(set(sizes))})"
+        )
+    return tuple(int(size) for size in sizes)
