@@ -39,6 +39,7 @@ class TokenProbe:
 
     follows: tuple[bool, ...]
     unsafe: str | None  # the reason padded calls at this size run eagerly, or None
+    conclusive: bool = True  # False: this call could not test the padding; the next call at the size probes again
 
 
 class TokenBucketedFunction:
@@ -61,35 +62,53 @@ class TokenBucketedFunction:
         comparison = registry.config.run_comparison
         self.bitwise = comparison == "bitwise" or (
             comparison == "auto" and registry.backend.name != "device" and paddle.get_device().startswith("cpu"))
-        self._counts = {"calls": 0, "tokens": 0, "padded_tokens": 0, "eager_calls": 0}
+        self._counts = {"calls": 0, "tokens": 0, "padded_tokens": 0, "eager_calls": 0, "eager_tokens": 0}
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        """Pad to the token size, replay (or capture) its graph, cut the outputs back; eagerly where it cannot."""
+        """Pad to the token size, replay (or capture) its graph, cut the outputs back; eagerly where it cannot.
+
+        Outputs cut along the tokens are views of the graph's static outputs
+        (overwritten by its next replay) and, unlike row cuts, not contiguous:
+        ``.contiguous()`` one before ``view``/``reshape`` needs it.
+        """
         bound = self.signature.bind(*args, **kwargs)
         arguments = bound.arguments
-        tokens = arguments[self.plan.count_arg].shape[self.plan.axes[self.plan.count_arg]]
-        size = self.plan.size_for(tokens)
+        missing = [name for name in self.plan.axes if not isinstance(arguments.get(name), paddle.Tensor)]
+        if missing:
+            self._counts["calls"] += 1
+            return self._eager(args, kwargs, 0, f"token argument(s) {missing} are not tensors in this call; it "
+                                                f"ran eagerly")
+        counter = arguments[self.plan.count_arg]
+        rows, tokens = counter.shape[0], counter.shape[self.plan.axes[self.plan.count_arg]]
+        if rows == 0:  # nothing to run: not a call a graph or the probe could serve, and not counted
+            return self.__wrapped__(*args, **kwargs)
         self._counts["calls"] += 1
+        if tokens == 0:
+            return self._eager(args, kwargs, rows * tokens, "a call of 0 tokens has nothing to pad; it ran eagerly")
+        size = self.plan.size_for(tokens)
         if size is None:
-            return self._eager(args, kwargs, None, f"{tokens} tokens is more than the largest token size "
-                                                   f"{self.plan.sizes[-1]}; the call ran eagerly")
+            return self._eager(args, kwargs, rows * tokens, f"{tokens} tokens is more than the largest token size "
+                                                            f"{self.plan.sizes[-1]}; the call ran eagerly")
         probe = self.probes.get(size)
         if probe is None:
-            probe = self.probes[size] = self._probe(bound, tokens, size)
+            probe = self._probe(bound, tokens, size)
+            if probe.conclusive:
+                self.probes[size] = probe
         if probe.unsafe is not None and tokens < size:
-            return self._eager(args, kwargs, size, probe.unsafe)
+            return self._eager(args, kwargs, rows * tokens, probe.unsafe)
         for name, axis in self.plan.axes.items():
             arguments[name] = pad_tokens(arguments[name], axis, size, self.plan.rules[name])
         result = self.sizes[size](*bound.args, **bound.kwargs)
-        rows = bound.arguments[self.plan.count_arg].shape[0]
         self._counts["tokens"] += rows * tokens
         self._counts["padded_tokens"] += rows * (size - tokens)
         return cut_tokens(result, probe.follows, tokens)
 
-    def _eager(self, args: tuple[Any, ...], kwargs: dict[str, Any], size: int | None, reason: str) -> Any:
-        """The original function on the call as given, counted as an eager fallback of this function."""
+    def _eager(self, args: tuple[Any, ...], kwargs: dict[str, Any], tokens: int, reason: str) -> Any:
+        """The original function on the call as given (``tokens``: rows x tokens), counted with ``reason``."""
         self._counts["eager_calls"] += 1
-        self.registry.stats_counters.fallback(self.name, size, reason)
+        self._counts["eager_tokens"] += tokens
+        # The bucket field holds rows buckets elsewhere; a token size is named in the reason instead.
+        self.registry.stats_counters.fallback(self.name, None, reason)
         return self.__wrapped__(*args, **kwargs)
 
     def _probe(self, bound: inspect.BoundArguments, tokens: int, size: int) -> TokenProbe:
@@ -100,7 +119,7 @@ class TokenBucketedFunction:
         the graphed call that follows rewrites whatever the runs wrote.
         """
         probe = tokens if tokens < size else tokens - 1
-        if probe < 1:  # a size of one token never pads
+        if probe < 1:  # a size of one token (called with one token, as the caller ensures) never pads
             return TokenProbe(follows=(), unsafe=None)
         arguments = bound.arguments
         real = {name: take_tokens(arguments[name], axis, probe) for name, axis in self.plan.axes.items()}
@@ -108,8 +127,20 @@ class TokenBucketedFunction:
                    for name, axis in self.plan.axes.items()}
         poisoned = {name: value if self.plan.rules[name] in STRUCTURAL_RULES
                     else poison_tokens(value, self.plan.axes[name], probe) for name, value in by_rule.items()}
-        runs = {what: self._run(bound, values) for what, values in
-                (("poisoned", poisoned), ("by_rule", by_rule), ("direct", real))}
+        if all(bool((poisoned[name] == by_rule[name]).all()) for name in poisoned):
+            # The data padding filled "another way" came out the same (all-zero ids, a dummy warmup): this
+            # call cannot show a leak. It is served eagerly and the next call at this size probes again.
+            return TokenProbe(follows=(), unsafe=f"token size {size}: the probe could not fill the padding "
+                              f"another way on this call (its data is all zeros); it ran eagerly and the next "
+                              f"call at this size is probed again", conclusive=False)
+        runs = {"direct": self._run(bound, real)}
+        for what, values in (("poisoned", poisoned), ("by_rule", by_rule)):
+            try:
+                runs[what] = self._run(bound, values)
+            except Exception as exc:  # noqa: BLE001 - the padded call raising is the finding, the call itself runs
+                return TokenProbe(follows=(), unsafe=f"the function raises on {probe} tokens padded to token size "
+                                  f"{size} ({type(exc).__name__}: {str(exc).splitlines()[0][:160]}); padded calls at "
+                                  f"this size run eagerly")
         paths = pytree.OutputTree(runs["by_rule"][1]).paths
         follows = token_outputs(paths, runs["by_rule"][0], runs["direct"][0], size, probe)
         if isinstance(follows, str):
@@ -131,12 +162,14 @@ class TokenBucketedFunction:
             paddle.assign(copy, output=tensor)  # same shape: the buffer keeps its address
         return record, result
 
+    @property
     def coverage(self) -> float | None:
-        """The share of calls a graph served (eager calls included in the count), None before the first call."""
+        """The share of calls a graph served (eager calls counted, 0-row calls not), None before the first call."""
         calls = self._counts["calls"]
         return None if calls == 0 else sum(fn.graph_calls for fn in self.sizes.values()) / calls
 
     def stats(self) -> dict[str, Any]:
-        """Calls, real and padded tokens (rows x tokens), eager calls, coverage, and each size's probe verdict."""
-        return {**self._counts, "coverage": self.coverage(),
+        """Calls, real and padded tokens of graphed calls and tokens of eager ones (rows x tokens), eager calls,
+        coverage, and each size's probe verdict."""
+        return {**self._counts, "coverage": self.coverage,
                 "unsafe_sizes": {size: probe.unsafe for size, probe in self.probes.items() if probe.unsafe}}

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import gc
+import inspect
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -172,6 +173,12 @@ class CaptureRegistry:
     ) -> Callable[[Callable[..., Any]], TokenBucketedFunction | Callable[..., Any]]:
         """Decorator: ``graphed`` bucketed on tokens as well as rows (``graphcap.graphed_tokens``).
 
+        It returns a ``TokenBucketedFunction`` with graphs on, the original
+        function behind a plain wrapper with graphs off. The function must be
+        pure apart from registry buffers: the first call at each token size
+        runs it three more times eagerly on that call's arguments (the token
+        probe), restoring only the registry's restorable buffers.
+
         ``token_args`` maps each argument with a token axis to that axis
         (``{"input_ids": 1, "attention_mask": 2}``); ``batch_arg``'s axis
         counts the call's tokens. A call of ``S`` tokens runs at the smallest
@@ -190,14 +197,23 @@ class CaptureRegistry:
                 f"buckets are not agreed across ranks yet; use graphed() with sync_ranks")
 
         def decorate(fn: Callable[..., Any]) -> TokenBucketedFunction | Callable[..., Any]:
+            """``fn`` bucketed on tokens, or ``fn`` itself behind a plain wrapper with graphs off."""
+            parameters = inspect.signature(fn).parameters
+            unknown = [arg for arg in plan.axes if arg not in parameters
+                       or parameters[arg].kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)]
+            if unknown:
+                raise ConfigError(
+                    f"graphed_tokens({name!r}): token_args names {unknown}, which {fn.__name__} does not take as "
+                    f"named parameters (it takes {list(parameters)}); name its token arguments exactly")
             if not self.config.use_graph:
 
                 @functools.wraps(fn)
                 def original(*args: Any, **kwargs: Any) -> Any:
+                    """The original function, unchanged (graphs off)."""
                     return fn(*args, **kwargs)
 
                 return original
-            if name in self._token_functions:
+            if name in self._token_functions or name in self._functions:
                 raise CaptureError(f"graph name {name!r} is already used in this registry; pick another")
             refuse_unbound_method(fn)
             bucketed = TokenBucketedFunction(name, fn, self, plan, {"batch_arg": batch_arg, **graphed})

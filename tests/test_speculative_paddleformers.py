@@ -264,8 +264,9 @@ def test_the_bucketed_draft_pass_sets_the_drafts_of_the_eager_one(models, kind, 
     from graphcap.integrations.paddleformers.speculative import prefill_with_draft
 
     lm, _ = _lm(models, kind, k=3, prefill_capture_sizes=PREFILL_SIZES, use_graph=True, backend=backend)
-    # Two prompts of one step (sizes 4 and 2), then the same two prompts' slots swapped: capture, then replay.
-    for prompts in ([[5, 9, 13], [7, 1]], [[7, 1], [5, 9, 13]], [[8, 9, 10, 12], [11]]):
+    # Two prompts of one step (sizes 4 and 2), then the same two prompts' slots swapped: capture, then replay;
+    # then two prompts in one size, whose rows (and an MTP draft's hidden rows) must not trade places.
+    for prompts in ([[5, 9, 13], [7, 1]], [[7, 1], [5, 9, 13]], [[8, 9, 10, 12], [11]], [[5, 9, 13], [60, 2, 33]]):
         bucketed = [_Request(index=slot, prompt=prompt, slot=slot) for slot, prompt in enumerate(prompts)]
         firsts = lm.prefill_graphs.run([0, 1], prompts, greedy=True, requests=bucketed)
         eager = [_Request(index=slot, prompt=prompt, slot=slot) for slot, prompt in enumerate(prompts)]

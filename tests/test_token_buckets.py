@@ -224,3 +224,71 @@ def test_a_paddleformers_llama_forward_bucketed_on_tokens_equals_its_direct_call
     stats = registry.stats()
     assert stats["tokens"]["llama"]["unsafe_sizes"] == {} and stats["tokens"]["llama"]["coverage"] == 1.0
     assert stats["recaptures"] == 0
+
+
+def _centred_fn():
+    layer = PositionAttention()
+    registry = CaptureRegistry(GraphConfig(use_graph=True, backend="eager", capture_sizes=(1, 2)))
+
+    def centred(ids):
+        hidden = layer.embed(ids)
+        return hidden - hidden.mean(axis=1, keepdim=True)
+
+    return registry, registry.graphed_tokens("centred", batch_arg="ids", token_sizes=SIZES,
+                                             token_args={"ids": 1})(centred), centred
+
+
+@pytest.mark.parametrize("opener", [[2, 0], [0, 8], "zeros"])
+def test_a_first_call_that_cannot_test_the_padding_never_marks_the_size_safe(opener):
+    # 0 tokens, 0 rows, or all-zero ids (a dummy warmup, whose "other" padding is zeros too): the probe cannot
+    # show the leak of a mean over the tokens, so the size stays unprobed and the real call is probed.
+    registry, fn, centred = _centred_fn()
+    first = paddle.zeros([2, 8], dtype="int64") if opener == "zeros" else paddle.zeros(opener, dtype="int64")
+    np.testing.assert_array_equal(fn(first).numpy(), centred(first).numpy())
+    ids, _ = _inputs(2, 6, seed=7)
+    np.testing.assert_array_equal(fn(ids).numpy(), centred(ids).numpy())  # eager: the leak was found
+    assert registry.stats()["tokens"]["centred"]["unsafe_sizes"][8].startswith("positions interact")
+
+
+def test_a_non_tensor_result_that_follows_the_tokens_runs_eagerly():
+    registry = CaptureRegistry(GraphConfig(use_graph=True, backend="eager", capture_sizes=(1, 2)))
+    fn = registry.graphed_tokens("counted", batch_arg="ids", token_sizes=SIZES, token_args={"ids": 1})(
+        lambda ids: (ids * 2, ids.shape[1]))
+    ids, _ = _inputs(2, 3, seed=0)
+    assert fn(ids)[1] == 3
+    assert "non-tensor result" in registry.stats()["tokens"]["counted"]["unsafe_sizes"][4]
+
+
+def test_a_function_that_raises_on_its_padding_runs_eagerly_with_the_reason():
+    layer = PositionAttention()  # 32 positions: positions 27..29 continued to 8 tokens reach 32
+    _, short = _graphed(layer, sizes=(8,))
+    ids, _ = _inputs(1, 3, seed=1)
+    late = paddle.to_tensor([[27, 28, 29]], dtype="int64")
+    for got, want in zip(short(ids, late), layer(ids, late)):
+        np.testing.assert_array_equal(got.numpy(), want.numpy())
+    assert "raises on 3 tokens padded to token size 8" in short.stats()["unsafe_sizes"][8]
+
+
+@pytest.mark.parametrize("token_args", [{"ids": 1, "position": 1}, {"ids": 1, "kwargs": 1}])
+def test_token_args_the_function_does_not_take_are_refused_at_decoration(token_args):
+    registry = CaptureRegistry(GraphConfig(use_graph=True, backend="eager"))
+
+    def fn(ids, positions=None, **kwargs):
+        return ids
+
+    with pytest.raises(ConfigError, match="does not take as named parameters"):
+        registry.graphed_tokens("x", batch_arg="ids", token_sizes=(4,), token_args=token_args)(fn)
+
+
+def test_a_token_argument_left_at_none_runs_eagerly_with_the_reason():
+    registry = CaptureRegistry(GraphConfig(use_graph=True, backend="eager", capture_sizes=(1, 2)))
+
+    def fn(ids, positions=None):
+        return ids * 2 if positions is None else ids + positions
+
+    graphed = registry.graphed_tokens("x", batch_arg="ids", token_sizes=(4,),
+                                      token_args={"ids": 1, "positions": 1})(fn)
+    ids, _ = _inputs(1, 3, seed=0)
+    np.testing.assert_array_equal(graphed(ids).numpy(), (ids * 2).numpy())
+    assert "['positions'] are not tensors" in registry.stats()["fallbacks"][0]["reason"]
+    assert graphed.coverage == 0.0

@@ -24,7 +24,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
+
 from graphcap.trust import tolerance
+from graphcap.trust.at_capture_purity import same_constant
 from graphcap.trust.at_capture_rows import RunRecord
 
 __all__ = ["token_leak", "token_outputs", "token_padding_change"]
@@ -36,6 +39,10 @@ def token_outputs(paths: Sequence[str], padded: RunRecord, direct: RunRecord, si
     if padded.structure != direct.structure:
         return (f"the result's structure differs between {probe} and {size} tokens; a graph returns one "
                 f"structure for every call it serves")
+    for (path, value), (_, small) in zip(padded.constants, direct.constants):
+        if not same_constant(value, small):
+            return (f"the non-tensor result {path} is {small!r} for {probe} tokens and {value!r} for {size}: a "
+                    f"graph would return the padded call's value; return it as a tensor or compute it outside")
     follows = []
     for path, (shape, _), (small, _) in zip(paths, padded.specs, direct.specs):
         if shape == small:
@@ -50,7 +57,8 @@ def token_outputs(paths: Sequence[str], padded: RunRecord, direct: RunRecord, si
     return tuple(follows)
 
 
-def _real(record: RunRecord, follows: Sequence[bool], probe: int) -> list:
+def _real(record: RunRecord, follows: Sequence[bool], probe: int) -> list[np.ndarray]:
+    """``record``'s outputs with those that follow the tokens cut to the first ``probe`` positions."""
     return [value[:, :probe] if follow else value for value, follow in zip(record.values, follows)]
 
 
