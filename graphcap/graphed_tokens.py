@@ -26,6 +26,7 @@ from graphcap.decide.token_buckets import STRUCTURAL_RULES, TokenPlan
 from graphcap.execute.token_padding import cut_tokens, pad_tokens, poison_tokens, take_tokens
 from graphcap.trust.at_capture_rows import RunRecord
 from graphcap.trust.at_capture_tokens import token_leak, token_outputs, token_padding_change
+from graphcap.trust.tolerance import runs_are_bitwise
 
 if TYPE_CHECKING:
     from graphcap.registry import CaptureRegistry
@@ -59,9 +60,7 @@ class TokenBucketedFunction:
         self.signature = inspect.signature(fn)
         self.sizes = {size: registry.graphed(f"{name}[tokens={size}]", **graphed)(fn) for size in plan.sizes}
         self.probes: dict[int, TokenProbe] = {}
-        comparison = registry.config.run_comparison
-        self.bitwise = comparison == "bitwise" or (
-            comparison == "auto" and registry.backend.name != "device" and paddle.get_device().startswith("cpu"))
+        self.bitwise = runs_are_bitwise(registry.config.run_comparison, registry.backend.name)
         self._counts = {"calls": 0, "tokens": 0, "padded_tokens": 0, "eager_calls": 0, "eager_tokens": 0}
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:

@@ -137,15 +137,10 @@ class CaptureRegistry:
         """
 
         def decorate(fn: Callable[..., Any]) -> GraphedFunction | Callable[..., Any]:
+            """``fn`` through graphs, or ``fn`` itself behind a plain wrapper with graphs off."""
             if not self.config.use_graph:
-
-                @functools.wraps(fn)
-                def original(*args: Any, **kwargs: Any) -> Any:
-                    return fn(*args, **kwargs)
-
-                return original
-            if name in self._functions:
-                raise CaptureError(f"graph name {name!r} is already used in this registry; pick another")
+                return _unchanged(fn)
+            self._claim(name)
             refuse_unbound_method(fn)
             sizes = capture_sizes if capture_sizes is not None else self.config.sizes_for(rows_per_request)
             graphed_fn = GraphedFunction(
@@ -206,21 +201,19 @@ class CaptureRegistry:
                     f"graphed_tokens({name!r}): token_args names {unknown}, which {fn.__name__} does not take as "
                     f"named parameters (it takes {list(parameters)}); name its token arguments exactly")
             if not self.config.use_graph:
-
-                @functools.wraps(fn)
-                def original(*args: Any, **kwargs: Any) -> Any:
-                    """The original function, unchanged (graphs off)."""
-                    return fn(*args, **kwargs)
-
-                return original
-            if name in self._token_functions or name in self._functions:
-                raise CaptureError(f"graph name {name!r} is already used in this registry; pick another")
+                return _unchanged(fn)
+            self._claim(name)
             refuse_unbound_method(fn)
             bucketed = TokenBucketedFunction(name, fn, self, plan, {"batch_arg": batch_arg, **graphed})
             self._token_functions[name] = bucketed
             return bucketed
 
         return decorate
+
+    def _claim(self, name: str) -> None:
+        """Refuse a name a graphed function (rows or tokens) of this registry already uses."""
+        if name in self._functions or name in self._token_functions:
+            raise CaptureError(f"graph name {name!r} is already used in this registry; pick another")
 
     @contextlib.contextmanager
     def step(self, rows: int, *, busy: bool = True) -> Iterator[StepAgreement]:
@@ -421,7 +414,8 @@ class CaptureRegistry:
         ``graph_coverage``).
         """
         functions = self._functions.values()
-        token_eager = sum(fn.stats()["eager_calls"] for fn in self._token_functions.values())
+        tokens = {name: fn.stats() for name, fn in self._token_functions.items()}
+        token_eager = sum(entry["eager_calls"] for entry in tokens.values())
         output_bytes = {fn.name: fn.output_bytes for fn in functions}
         return {
             **self.stats_counters.as_dict(),
@@ -436,8 +430,19 @@ class CaptureRegistry:
             "coverage": {fn.name: fn.coverage for fn in functions},
             "graph_coverage": _share(sum(fn.graph_calls for fn in functions),
                                      sum(fn.graph_calls + fn.eager_calls for fn in functions) + token_eager),
-            "tokens": {name: fn.stats() for name, fn in self._token_functions.items()},
+            "tokens": tokens,
         }
+
+
+def _unchanged(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` behind a plain wrapper: what ``graphed`` and ``graphed_tokens`` return with graphs off."""
+
+    @functools.wraps(fn)
+    def original(*args: Any, **kwargs: Any) -> Any:
+        """The original function, unchanged (graphs off)."""
+        return fn(*args, **kwargs)
+
+    return original
 
 
 def _share(part: int, whole: int) -> float | None:

@@ -132,14 +132,7 @@ def test_a_padding_rule_that_changes_the_real_result_is_caught_where_other_data_
 
 
 def test_a_reduction_over_the_tokens_is_caught_even_when_the_first_call_fills_its_size():
-    layer = PositionAttention()
-    registry = CaptureRegistry(GraphConfig(use_graph=True, backend="eager", capture_sizes=(1, 2)))
-
-    def centred(ids):
-        hidden = layer.embed(ids)
-        return hidden - hidden.mean(axis=1, keepdim=True)
-
-    fn = registry.graphed_tokens("centred", batch_arg="ids", token_sizes=SIZES, token_args={"ids": 1})(centred)
+    registry, fn, centred = _centred_fn()
     full, _ = _inputs(2, 8, seed=4)
     _close(fn(full), centred(full))  # full: served by its graph, and the probe treats position 7 as padding
     assert registry.stats()["tokens"]["centred"]["unsafe_sizes"][8].startswith("positions interact")

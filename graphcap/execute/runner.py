@@ -181,12 +181,7 @@ class GraphRunner:
         self._staging_names: dict[tuple[str, str, tuple[int, ...]], str] = {}
         # (output index, dtype, row shape) -> an output at the largest bucket, shared by every bucket.
         self._shared_outputs: dict[tuple[int, str, tuple[int, ...]], paddle.Tensor] = {}
-        # Runs on the same inputs agree bit for bit on CPU; device kernels with atomics do not.
-        comparison = config.run_comparison
-        if comparison == "auto":
-            comparison = "bitwise" if backend.name != "device" and paddle.get_device().startswith("cpu") \
-                else "tolerance"
-        self.bitwise = comparison == "bitwise"
+        self.bitwise = tolerance.runs_are_bitwise(config.run_comparison, backend.name)
 
     def snapshot_state(self) -> _State:
         """A copy of the restorable registry buffers (``infer_seed``), to put back with ``restore()``."""

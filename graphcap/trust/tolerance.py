@@ -64,6 +64,19 @@ class Difference:
         return f"{self.path} (max difference {self.difference:.3g} > tolerance {self.bound:.3g})"
 
 
+def runs_are_bitwise(run_comparison: str, backend_name: str) -> bool:
+    """Whether two runs on the same inputs must agree bit for bit: ``run_comparison``, with ``auto`` resolved.
+
+    ``auto`` is bitwise on CPU kernels (deterministic) and the bound below on
+    the device backend or a device place, whose kernels use atomics.
+    """
+    if run_comparison != "auto":
+        return run_comparison == "bitwise"
+    import paddle
+
+    return backend_name != "device" and paddle.get_device().startswith("cpu")
+
+
 def as_float64(values: np.ndarray, dtype: str) -> np.ndarray:
     """``values`` as float64; a bfloat16 tensor's host copy (uint16 bit patterns) is decoded first."""
     if dtype == "bfloat16" and values.dtype == np.uint16:

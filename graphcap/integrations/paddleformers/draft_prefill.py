@@ -31,6 +31,7 @@ import paddle
 
 from graphcap.decide.buckets import capped_sizes
 from graphcap.graphed_function import call_in_place
+from graphcap.integrations.paddleformers.drafts import at_positions
 from graphcap.integrations.paddleformers.speculative import draft_after_prefill, draft_sequence
 
 if TYPE_CHECKING:
@@ -39,13 +40,6 @@ if TYPE_CHECKING:
     from graphcap.mtp.speculative_step import SpeculativeStep
 
 __all__ = ["DraftPrefillGraphs", "draft_prefill_step"]
-
-
-def _at(values: paddle.Tensor, index: paddle.Tensor) -> paddle.Tensor:
-    """``values[r, index[r]]`` for every row ``r`` of ``[R, S, W]``: ``[R, W]``."""
-    rows, _, width = values.shape
-    picked = paddle.take_along_axis(values, index.reshape([rows, 1, 1]).expand([rows, 1, width]), axis=1)
-    return picked.reshape([rows, width])
 
 
 def draft_prefill_step(pair: PaddleFormersPair) -> Callable[..., tuple[paddle.Tensor, ...]]:
@@ -60,8 +54,8 @@ def draft_prefill_step(pair: PaddleFormersPair) -> Callable[..., tuple[paddle.Te
              last_index: paddle.Tensor, hidden: paddle.Tensor | None = None) -> tuple[paddle.Tensor, ...]:
         """d'_1 of each row from its last real position, and (MTP) the draft's hidden state there."""
         logits, states = pair.draft_model.forward(input_ids, position_ids, slot_ids, hidden, 0)
-        proposals = paddle.argmax(_at(logits, last_index), axis=-1).astype("int64")
-        return (proposals,) if states is None else (proposals, _at(states, last_index))
+        proposals = paddle.argmax(at_positions(logits, last_index), axis=-1).astype("int64")
+        return (proposals,) if states is None else (proposals, at_positions(states, last_index))
 
     return step
 

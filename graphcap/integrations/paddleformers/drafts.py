@@ -30,7 +30,14 @@ import paddle
 from graphcap.errors import ConfigError
 from graphcap.integrations.paddleformers.cache import StaticCache
 
-__all__ = ["MTPDraft", "ModelDraft", "causal_mask", "final_norm_input", "mtp_layer_count"]
+__all__ = ["MTPDraft", "ModelDraft", "at_positions", "causal_mask", "final_norm_input", "mtp_layer_count"]
+
+
+def at_positions(values: paddle.Tensor, index: paddle.Tensor) -> paddle.Tensor:
+    """``values[r, index[r]]`` for every row ``r`` of ``[R, S, W]``: ``[R, W]`` (a prompt's last real position)."""
+    rows, _, width = values.shape
+    picked = paddle.take_along_axis(values, index.reshape([rows, 1, 1]).expand([rows, 1, width]), axis=1)
+    return picked.reshape([rows, width])
 
 
 def causal_mask(position_ids: paddle.Tensor, max_len: int) -> paddle.Tensor:

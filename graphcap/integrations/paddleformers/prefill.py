@@ -39,6 +39,7 @@ from graphcap.decide.buckets import capped_sizes
 from graphcap.errors import ConfigError
 from graphcap.graphed_function import call_in_place
 from graphcap.integrations.paddleformers.draft_prefill import DraftPrefillGraphs
+from graphcap.integrations.paddleformers.drafts import at_positions
 from graphcap.integrations.paddleformers.speculative import prefill_with_draft
 
 if TYPE_CHECKING:
@@ -65,9 +66,7 @@ def prefill_step(lm: GraphedCausalLM, *, record_hidden: bool = False) -> Callabl
         """``(first tokens [R], last real logits [R, vocab])`` of the ``R`` prompts, plus the hidden states if asked."""
         logits, hidden = lm.forward_rows(input_ids, position_ids, slot_ids, attention_mask=attention_mask,
                                          record_hidden=record_hidden)
-        rows, _, vocab = logits.shape
-        index = last_index.reshape([rows, 1, 1]).expand([rows, 1, vocab])
-        last = paddle.take_along_axis(logits, index, axis=1).reshape([rows, vocab])
+        last = at_positions(logits, last_index)
         tokens = lm._sample(last, slot_ids, greedy=greedy)
         return (tokens, last) if hidden is None else (tokens, last, hidden)
 
