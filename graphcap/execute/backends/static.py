@@ -33,6 +33,8 @@ import functools
 import inspect
 import logging
 import sys
+import threading
+import traceback
 import types
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -104,6 +106,51 @@ def _trace_records_dropped_on_failure() -> Iterator[None]:
             for key in set(table) - keys:
                 del table[key]
         raise
+
+
+_SHARED_STACKS: dict[str, traceback.StackSummary] = {}
+
+
+@contextlib.contextmanager
+def _op_callstacks_shared(label: str) -> Iterator[None]:
+    """While tracing on this thread, give every traced op one shared call stack naming ``label``.
+
+    Paddle 3.3.1 records each op a PIR trace builds with the Python stack
+    (``CallStackRecorder::GetOpCallstackInfo`` in ``op_callstack_utils.cc``
+    calls ``traceback.extract_stack()``) and never releases the list it gets
+    back: one ``StackSummary`` of some 50 ``FrameSummary`` objects leaks per
+    op, about 40 MiB per reset + recapture of a two-layer Llama's three
+    decode graphs, for the life of the process. While a capture traces, that
+    call returns one list per label built here instead, so what leaks is a
+    reference count on a list that lives anyway. The ops' recorded stack then names the
+    graph (``<graphcap capture of decode[4]>``) instead of the Python lines
+    that built them; Paddle shows it only when a replayed op fails. Other
+    threads still get their real stacks.
+    """
+    original = traceback.extract_stack
+    if getattr(original, "graphcap_shared", False):  # a capture inside a capture: already shared
+        yield
+        return
+    owner = threading.get_ident()
+    # Paddle keeps a reference it never drops to whatever this returns, so the
+    # list for a label lives for the process: one per label, reused by every
+    # recapture of it, instead of a new one per capture.
+    shared = _SHARED_STACKS.get(label)
+    if shared is None:
+        shared = _SHARED_STACKS[label] = traceback.StackSummary.from_list(
+            [(f"<graphcap capture of {label}>", 0, label, label)])
+
+    def extract_stack(f: Any = None, limit: int | None = None) -> traceback.StackSummary:
+        if f is None and limit is None and threading.get_ident() == owner:
+            return shared
+        return original(f, limit)
+
+    extract_stack.graphcap_shared = True  # type: ignore[attr-defined]
+    traceback.extract_stack = extract_stack
+    try:
+        yield
+    finally:
+        traceback.extract_stack = original
 
 
 @contextlib.contextmanager
@@ -315,7 +362,11 @@ class StaticBackend:
         """Trace ``run`` into a program; the trace executes it once, writing the outputs."""
         EXECUTORS.clear_if_dropped()
         _sync_converted_functions()
-        with _modules_kept_as_written(_helper_modules(reachable, run)), _trace_records_dropped_on_failure():
+        with (
+            _modules_kept_as_written(_helper_modules(reachable, run)),
+            _trace_records_dropped_on_failure(),
+            _op_callstacks_shared(label),
+        ):
             program = paddle.jit.to_static(run, full_graph=True)
             try:
                 program()
