@@ -119,7 +119,7 @@ def _op_callstacks_shared(label: str) -> Iterator[None]:
     (``CallStackRecorder::GetOpCallstackInfo`` in ``op_callstack_utils.cc``
     calls ``traceback.extract_stack()``) and never releases the list it gets
     back: one ``StackSummary`` of some 50 ``FrameSummary`` objects leaks per
-    op, about 40 MiB per reset + recapture of a two-layer Llama's three
+    op, about 20 MiB per reset + recapture of a two-layer Llama's three
     decode graphs, for the life of the process. While a capture traces, that
     call returns one list per label built here instead, so what leaks is a
     reference count on a list that lives anyway. The ops' recorded stack then names the
@@ -128,7 +128,9 @@ def _op_callstacks_shared(label: str) -> Iterator[None]:
     threads still get their real stacks.
     """
     original = traceback.extract_stack
-    if getattr(original, "graphcap_shared", False):  # a capture inside a capture: already shared
+    # Already patched: a capture inside a capture on this thread (shared already), or
+    # another thread's capture (this one's ops then keep real stacks, as without the fix).
+    if getattr(original, "graphcap_shared", False):
         yield
         return
     owner = threading.get_ident()
